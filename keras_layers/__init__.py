@@ -1,0 +1,8 @@
+"""Keras layers of tf_tinyse: QEQ, quantizers, quantized and sparse LSTM/Dense."""
+import os
+
+# tfmot and the fused-LSTM TFLite conversion need legacy (tf_keras) Keras; this
+# must be set before TensorFlow is first imported anywhere in the process.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from keras_layers.qeq import QEQ  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_tinyse import features
+
+CONFIG = features.FeatureConfig()
+
+
+@pytest.mark.parametrize("length", [16000, 12800, 1000, 257, 1])
+def test_stft_istft_reconstructs_perfectly(length, speech_clip):
+  wave = np.resize(speech_clip, length)[None, :]
+  spectra = features.stft(wave, CONFIG)
+  assert spectra.shape == (1, features.num_frames(length, CONFIG), CONFIG.num_bins)
+  restored = features.istft(spectra, CONFIG, length).numpy()
+  np.testing.assert_allclose(restored, wave, atol=2e-6)
+
+
+def test_stft_is_causal():
+  # Frame t covers samples up to (t + 1) * hop: changing later samples leaves it alone.
+  wave = np.random.default_rng(0).standard_normal((1, 4096)).astype(np.float32)
+  changed = wave.copy()
+  changed[0, 5 * CONFIG.hop_length:] += 1.0
+  a, b = features.stft(wave, CONFIG).numpy(), features.stft(changed, CONFIG).numpy()
+  np.testing.assert_array_equal(a[:, :5], b[:, :5])
+  assert not np.allclose(a[:, 5], b[:, 5])
+
+
+def test_mel_matrix_is_a_partition_of_unity_and_covers_every_band():
+  g = features.mel_matrix(CONFIG)
+  assert g.shape == (128, 257)
+  np.testing.assert_allclose(g.sum(axis=0), 1.0, atol=1e-6)
+  assert (g.sum(axis=1) > 0).all()
+  assert (g >= 0).all()
+  # Band centres rise with frequency: the argmax bin never goes down.
+  assert (np.diff(g.argmax(axis=1)) >= 0).all()
+
+
+def test_all_ones_mask_is_identity(speech_clip):
+  wave = speech_clip[None, :]
+  spectra = features.stft(wave, CONFIG)
+  ones = tf.ones(spectra.shape[:2] + (CONFIG.num_bands,))
+  restored = features.istft(features.apply_mel_mask(spectra, ones, CONFIG), CONFIG,
+                            wave.shape[1]).numpy()
+  np.testing.assert_allclose(restored, wave, atol=2e-6)
+
+
+def test_zero_mask_silences(speech_clip):
+  spectra = features.stft(speech_clip[None, :], CONFIG)
+  zeros = tf.zeros(spectra.shape[:2] + (CONFIG.num_bands,))
+  assert np.abs(features.apply_mel_mask(spectra, zeros, CONFIG).numpy()).max() == 0
+
+
+def test_mel_features_are_compressed_band_energies(speech_clip):
+  spectra = features.stft(speech_clip[None, :], CONFIG)
+  z = features.mel_features(spectra, CONFIG).numpy()
+  assert z.shape == (1, spectra.shape[1], 128)
+  expected = (np.abs(spectra.numpy()) @ features.mel_matrix(CONFIG).T + 1e-8) ** 0.3
+  np.testing.assert_allclose(z, expected, rtol=1e-4)
+  # Louder input, larger features, by the compression power.
+  z2 = features.mel_features(features.stft(2 * speech_clip[None, :], CONFIG), CONFIG).numpy()
+  np.testing.assert_allclose(z2[z > 0.1], (2 ** 0.3) * z[z > 0.1], rtol=1e-3)
+
+
+def test_compressed_spectrum_keeps_phase():
+  x = tf.constant([[[3 + 4j, -1j]]], tf.complex64)
+  mag, comp = features.compressed_spectrum(x, 0.3)
+  np.testing.assert_allclose(mag.numpy(), [[[5 ** 0.3, 1.0]]], rtol=1e-5)
+  np.testing.assert_allclose(np.angle(comp.numpy()), np.angle(x.numpy()), atol=1e-6)
+
+
+def test_algorithmic_latency_is_frame_plus_hop():
+  assert CONFIG.algorithmic_latency_ms == pytest.approx(48.0)

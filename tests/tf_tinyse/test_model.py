@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from tf_tinyse import model as model_lib
+from tf_tinyse.errors import UserError
+
+SMALL = model_lib.ModelConfig(lstm_units=(16, 12), dense_units=(8,))
+
+
+def test_paper_config_has_the_papers_parameter_count():
+  model = model_lib.build_mask_model(model_lib.ModelConfig())
+  # Method: about 0.97 M parameters (QEQ adds 2 x 128).
+  assert model_lib.count_parameters(model) == pytest.approx(0.97e6, rel=0.01)
+  assert [l.name for l in model.layers[1:]] == ["qeq", "lstm_0", "lstm_1", "dense_0", "mask"]
+
+
+def test_mask_is_in_unit_interval_and_has_one_value_per_band():
+  model = model_lib.build_mask_model(SMALL)
+  z = np.random.default_rng(0).uniform(0, 3, (2, 20, 128)).astype(np.float32)
+  mask = model(z).numpy()
+  assert mask.shape == (2, 20, 128)
+  assert (mask >= 0).all() and (mask <= 1).all()
+
+
+def test_model_is_causal():
+  model = model_lib.build_mask_model(SMALL)
+  rng = np.random.default_rng(1)
+  z = rng.uniform(0, 3, (1, 30, 128)).astype(np.float32)
+  changed = z.copy()
+  changed[:, 17:] = rng.uniform(0, 3, (1, 13, 128))
+  a, b = model(z).numpy(), model(changed).numpy()
+  np.testing.assert_array_equal(a[:, :17], b[:, :17])
+  assert not np.allclose(a[:, 17:], b[:, 17:])
+
+
+def test_streaming_form_shares_weights_and_matches_sequence_output():
+  training = model_lib.build_mask_model(SMALL)
+  streaming = model_lib.build_mask_model(SMALL, streaming=True)
+  streaming.set_weights(training.get_weights())
+  z = np.random.default_rng(2).uniform(0, 3, (1, 25, 128)).astype(np.float32)
+  expected = training(z).numpy()[0]
+  for _ in range(2):  # and again after reset_states
+    streaming.reset_states()
+    frames = [streaming(z[:, t:t + 1]).numpy()[0, 0] for t in range(z.shape[1])]
+    np.testing.assert_allclose(np.stack(frames), expected, atol=1e-5)
+
+
+def test_config_round_trip_and_load_errors(tmp_path):
+  model_lib.save_config(str(tmp_path), SMALL)
+  assert model_lib.load_config(str(tmp_path)) == SMALL
+  with pytest.raises(UserError, match="no trained weights"):
+    model_lib.load_trained(str(tmp_path))
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(UserError, match="not a valid model config"):
+    model_lib.load_config(str(tmp_path))
+  with pytest.raises(UserError, match="holds no config.json"):
+    model_lib.load_config(str(tmp_path / "missing"))
+
+
+def test_load_trained_restores_best_weights(tmp_path):
+  model = model_lib.build_mask_model(SMALL)
+  model_lib.save_config(str(tmp_path), SMALL)
+  (tmp_path / "best").mkdir()
+  model.save_weights(str(tmp_path / "best" / "weights.h5"))
+  config, loaded = model_lib.load_trained(str(tmp_path), streaming=True)
+  assert config == SMALL
+  for a, b in zip(model.get_weights(), loaded.get_weights()):
+    np.testing.assert_array_equal(a, b)
+  assert json.loads((tmp_path / "config.json").read_text())["lstm_units"] == [16, 12]

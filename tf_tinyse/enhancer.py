@@ -1,0 +1,82 @@
+"""Waveform in, waveform out, with a trained mask model.
+
+One function does the signal path (`enhance_batch`) for training and whole
+utterances; `StreamingEnhancer` runs the streaming form of the model one frame
+at a time, as the device does, around the same STFT and inverse STFT.
+"""
+import numpy as np
+import tensorflow as tf
+
+from tf_tinyse import features
+from tf_tinyse import model as model_lib
+
+
+def enhance_batch(mask_model, noisy_waves, config, training=False):
+  """[batch, samples] → ([batch, samples] enhanced, [batch, frames, bands] mask)."""
+  noisy_waves = tf.convert_to_tensor(noisy_waves, tf.float32)
+  spectra = features.stft(noisy_waves, config)
+  mask = mask_model(features.mel_features(spectra, config), training=training)
+  enhanced = features.istft(features.apply_mel_mask(spectra, mask, config), config,
+                            tf.shape(noisy_waves)[-1])
+  return enhanced, mask
+
+
+class Enhancer:
+  """Enhances whole utterances with the training form of a trained model."""
+
+  def __init__(self, mask_model, config):
+    self.mask_model = mask_model
+    self.config = config
+    self._enhance = tf.function(
+        lambda x: enhance_batch(self.mask_model, x, self.config.feature)[0],
+        input_signature=[tf.TensorSpec([1, None], tf.float32)], reduce_retracing=True)
+
+  @classmethod
+  def from_model_dir(cls, model_dir):
+    config, mask_model = model_lib.load_trained(model_dir)
+    return cls(mask_model, config)
+
+  def __call__(self, noisy):
+    noisy = np.asarray(noisy, np.float32)
+    return self._enhance(noisy[None, :])[0].numpy()
+
+
+class StreamingEnhancer:
+  """Enhances an utterance frame by frame with a frame-in/mask-out step function.
+
+  `mask_step` maps one feature frame [bands] to one mask frame [bands] and
+  keeps its recurrent state between calls; `reset` clears it. The Keras
+  streaming model and the TFLM interpreter both fit this shape.
+  """
+
+  def __init__(self, mask_step, reset, feature_config):
+    self.mask_step = mask_step
+    self.reset = reset
+    self.feature_config = feature_config
+
+  @classmethod
+  def from_keras(cls, streaming_model, feature_config):
+    step = tf.function(lambda frame: streaming_model(frame, training=False),
+                       input_signature=[tf.TensorSpec([1, 1, feature_config.num_bands],
+                                                      tf.float32)])
+    return cls(lambda z: step(z[None, None, :])[0, 0].numpy(), streaming_model.reset_states,
+               feature_config)
+
+  @classmethod
+  def from_model_dir(cls, model_dir):
+    config, streaming_model = model_lib.load_trained(model_dir, streaming=True)
+    return cls.from_keras(streaming_model, config.feature)
+
+  def masks(self, noisy):
+    """Mel masks [frames, bands] of an utterance, computed one frame at a time."""
+    spectra = features.stft(np.asarray(noisy, np.float32)[None, :], self.feature_config)
+    z = features.mel_features(spectra, self.feature_config)[0].numpy()
+    self.reset()
+    return np.stack([self.mask_step(frame) for frame in z]), spectra
+
+  def __call__(self, noisy):
+    mask, spectra = self.masks(noisy)
+    enhanced = features.istft(
+        features.apply_mel_mask(spectra, mask[None].astype(np.float32), self.feature_config),
+        self.feature_config, len(noisy))
+    return enhanced[0].numpy()
