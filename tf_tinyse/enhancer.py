@@ -4,11 +4,18 @@ One function does the signal path (`enhance_batch`) for training and whole
 utterances; `StreamingEnhancer` runs the streaming form of the model one frame
 at a time, as the device does, around the same STFT and inverse STFT.
 """
+from absl import flags
 import numpy as np
 import tensorflow as tf
 
 from tf_tinyse import features
 from tf_tinyse import model as model_lib
+
+flags.DEFINE_bool("streaming", False, "Enhance frame by frame with the streaming model "
+                  "(as the device does) instead of one whole-utterance pass.")
+flags.DEFINE_string("tflite", None, "Run this int8 .tflite in the TFLite Micro interpreter "
+                    "instead of the Keras model (features and resynthesis stay in Python); "
+                    "--model_dir still gives the feature settings.")
 
 
 def enhance_batch(mask_model, noisy_waves, config, training=False):
@@ -80,3 +87,16 @@ class StreamingEnhancer:
         features.apply_mel_mask(spectra, mask[None].astype(np.float32), self.feature_config),
         self.feature_config, len(noisy))
     return enhanced[0].numpy()
+
+
+def make_enhancer(model_dir, streaming=False, tflite=None):
+  """The waveform → waveform function of a trained model: Keras whole-utterance,
+  Keras streaming, or the int8 `.tflite` in TFLM frame by frame."""
+  if tflite:
+    from tflm_export import tflm_runner  # pylint: disable=g-import-not-at-top
+    config = model_lib.load_config(model_dir)
+    tflm = tflm_runner.TflmModel.from_file(tflite)
+    return StreamingEnhancer(lambda z: tflm.run(z[None])[0], tflm.reset, config.feature)
+  if streaming:
+    return StreamingEnhancer.from_model_dir(model_dir)
+  return Enhancer.from_model_dir(model_dir)

@@ -23,6 +23,8 @@ from keras_layers.qeq import QEQ
 from tf_tinyse import features
 from tf_tinyse.errors import UserError
 
+flags.DEFINE_string("model_dir", None, "Folder of a model: config.json, checkpoints/, best/, "
+                    "logs/ (written by tf_tinyse.train, read by evaluate/enhance/export).")
 flags.DEFINE_list("lstm_units", ["256", "256"], "Units of each LSTM layer, in order.")
 flags.DEFINE_list("dense_units", ["128"], "Units of each hidden tanh Dense layer after the "
                   "LSTMs; the sigmoid output layer always has one unit per mel band.")
