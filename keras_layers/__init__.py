@@ -6,3 +6,6 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from keras_layers.qeq import QEQ  # pylint: disable=g-import-not-at-top
+from keras_layers import quantizers  # pylint: disable=g-import-not-at-top
+from keras_layers.quantized_dense import QuantizedDense  # pylint: disable=g-import-not-at-top
+from keras_layers.quantized_lstm import QuantizedLSTM, QuantizedLSTMCell  # pylint: disable=g-import-not-at-top

@@ -4,12 +4,15 @@ One function does the signal path (`enhance_batch`) for training and whole
 utterances; `StreamingEnhancer` runs the streaming form of the model one frame
 at a time, as the device does, around the same STFT and inverse STFT.
 """
+import os
+
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
 from tf_tinyse import features
 from tf_tinyse import model as model_lib
+from tf_tinyse.errors import UserError
 
 flags.DEFINE_bool("streaming", False, "Enhance frame by frame with the streaming model "
                   "(as the device does) instead of one whole-utterance pass.")
@@ -95,7 +98,11 @@ def make_enhancer(model_dir, streaming=False, tflite=None):
   if tflite:
     from tflm_export import tflm_runner  # pylint: disable=g-import-not-at-top
     config = model_lib.load_config(model_dir)
-    tflm = tflm_runner.TflmModel.from_file(tflite)
+    if not os.path.isfile(tflite):
+      raise UserError(f"--tflite '{tflite}' does not exist: export one with "
+                      "python -m tf_tinyse.export")
+    with open(tflite, "rb") as f:
+      tflm = tflm_runner.TflmModel(f.read())
     return StreamingEnhancer(lambda z: tflm.run(z[None])[0], tflm.reset, config.feature)
   if streaming:
     return StreamingEnhancer.from_model_dir(model_dir)

@@ -19,7 +19,10 @@ import os
 from absl import flags
 import tf_keras as keras
 
+from keras_layers import quantizers
 from keras_layers.qeq import QEQ
+from keras_layers.quantized_dense import QuantizedDense
+from keras_layers.quantized_lstm import QuantizedLSTM
 from tf_tinyse import features
 from tf_tinyse.errors import UserError
 
@@ -30,6 +33,9 @@ flags.DEFINE_list("dense_units", ["128"], "Units of each hidden tanh Dense layer
                   "LSTMs; the sigmoid output layer always has one unit per mel band.")
 flags.DEFINE_bool("qeq", True, "Learnable per-band gain and bias on the input features (QEQ).")
 flags.DEFINE_integer("num_bands", 128, "Mel bands of the input features and of the mask.")
+flags.DEFINE_bool("quantize", False, "Quantization-aware training: 8-bit fake quantization of "
+                  "the QEQ output, the weights and the activations on the grid of the int8 "
+                  "export (fixed [-1, 1] range for the LSTM inputs/outputs).")
 
 
 def _validate_units(values):
@@ -53,31 +59,44 @@ class ModelConfig:
   lstm_units: tuple = (256, 256)
   dense_units: tuple = (128,)
   use_qeq: bool = True
+  quantize: bool = False
   feature: features.FeatureConfig = features.FeatureConfig()
 
   @classmethod
   def from_flags(cls, flag_values=flags.FLAGS):
     return cls(lstm_units=tuple(int(u) for u in flag_values.lstm_units),
                dense_units=tuple(int(u) for u in flag_values.dense_units),
-               use_qeq=flag_values.qeq,
+               use_qeq=flag_values.qeq, quantize=flag_values.quantize,
                feature=features.FeatureConfig(num_bands=flag_values.num_bands))
 
   def to_dict(self):
     return {"lstm_units": list(self.lstm_units), "dense_units": list(self.dense_units),
-            "use_qeq": self.use_qeq, "feature": self.feature.to_dict()}
+            "use_qeq": self.use_qeq, "quantize": self.quantize,
+            "feature": self.feature.to_dict()}
 
   @classmethod
   def from_dict(cls, d):
     return cls(lstm_units=tuple(d["lstm_units"]), dense_units=tuple(d["dense_units"]),
-               use_qeq=bool(d["use_qeq"]), feature=features.FeatureConfig.from_dict(d["feature"]))
+               use_qeq=bool(d["use_qeq"]), quantize=bool(d.get("quantize", False)),
+               feature=features.FeatureConfig.from_dict(d["feature"]))
 
 
-def _make_lstm(units, streaming, name):
-  return keras.layers.LSTM(units, return_sequences=True, stateful=streaming, name=name)
+def _make_lstm(config, units, streaming, name, first):
+  if not config.quantize:
+    return keras.layers.LSTM(units, return_sequences=True, stateful=streaming, name=name)
+  # The first LSTM quantizes its input (the QEQ output) to the fixed [-1, 1] range; later
+  # layers receive an already-quantized hidden state.
+  input_quantizer = quantizers.FixedRangeQuantizer(8, -1.0, 1.0) if first else None
+  return QuantizedLSTM(units, return_sequences=True, stateful=streaming,
+                       input_quantizer=input_quantizer, name=name)
 
 
-def _make_dense(units, activation, name):
-  return keras.layers.Dense(units, activation=activation, name=name)
+def _make_dense(config, units, activation, name):
+  if not config.quantize:
+    return keras.layers.Dense(units, activation=activation, name=name)
+  return QuantizedDense(units, activation=activation,
+                        activation_quantizer=quantizers.activation_output_quantizer(activation),
+                        name=name)
 
 
 def build_mask_model(config, streaming=False):
@@ -91,10 +110,10 @@ def build_mask_model(config, streaming=False):
   if config.use_qeq:
     x = QEQ(name="qeq")(x)
   for i, units in enumerate(config.lstm_units):
-    x = _make_lstm(units, streaming, name=f"lstm_{i}")(x)
+    x = _make_lstm(config, units, streaming, name=f"lstm_{i}", first=i == 0)(x)
   for i, units in enumerate(config.dense_units):
-    x = _make_dense(units, "tanh", name=f"dense_{i}")(x)
-  mask = _make_dense(bands, "sigmoid", name="mask")(x)
+    x = _make_dense(config, units, "tanh", name=f"dense_{i}")(x)
+  mask = _make_dense(config, bands, "sigmoid", name="mask")(x)
   return keras.Model(inputs, mask, name="tinylstm_streaming" if streaming else "tinylstm")
 
 

@@ -1,17 +1,20 @@
-"""The main job: train → evaluate → (compress → export → validate in TFLM) → report.
+"""The main job: train → evaluate → quantize (QAT) → export int8 → validate in TFLM → report.
 
     python -m tf_tinyse.pipeline --flagfile=configs/demo.cfg --output_dir=runs/demo
 
 Without --data_dir it runs on the built-in demo corpus (real recorded speech
 and noise, `tf_tinyse/demo_data`). Everything lands in --output_dir:
-`model/` (the trained model dir), `examples/` (noisy, enhanced and clean WAVs
-of a few test utterances), `evaluation.json` and `report.json`. Rerunning the
+`model/` (the float model dir), `model_int8/` (the quantization-aware fine-tuned
+model dir), `export/` (`model.tflite`, Vela output, `model_card.json`),
+`examples/` (noisy, clean and enhanced WAVs of a few test utterances, float and
+int8-in-TFLM), `evaluation_*.json` and `report.json`. Rerunning the
 same command resumes an interrupted training run and redoes the later stages.
 
 Stages are plain functions that read and extend one `report` dict, so later
 stages (pruning, export, sweeps) are added to `STAGES` without touching the
 others.
 """
+import dataclasses
 import os
 import time
 
@@ -25,6 +28,7 @@ from tf_tinyse import data
 from tf_tinyse import demo_data
 from tf_tinyse import enhancer as enhancer_lib
 from tf_tinyse import evaluate
+from tf_tinyse import export
 from tf_tinyse import fileio
 from tf_tinyse import metrics
 from tf_tinyse import model as model_lib
@@ -33,6 +37,9 @@ from tf_tinyse.errors import UserError
 
 flags.DEFINE_string("output_dir", "runs/demo", "Folder for the model, examples and reports.")
 flags.DEFINE_integer("example_wavs", 3, "Test utterances written as noisy/enhanced/clean WAVs.")
+flags.DEFINE_integer("qat_steps", 1000, "Quantization-aware fine-tuning steps after float "
+                     "training (0: export the float model with post-training quantization).")
+flags.DEFINE_float("qat_learning_rate", 5e-4, "Learning rate of the quantization-aware fine-tuning.")
 
 FLAGS = flags.FLAGS
 
@@ -43,6 +50,8 @@ class Context:
   def __init__(self, output_dir, data_dir, model_config, data_config, eval_seed, max_files):
     self.output_dir = output_dir
     self.model_dir = os.path.join(output_dir, "model")
+    self.qat_model_dir = os.path.join(output_dir, "model_int8")
+    self.tflite_path = os.path.join(output_dir, "export", "model.tflite")
     self.data_dir = data_dir
     self.model_config = model_config
     self.data_config = data_config
@@ -61,30 +70,79 @@ class Context:
     return self._test_examples
 
 
-def stage_train(ctx, report):
+def _train(ctx, config, model_dir, steps, learning_rate, init_from=None):
   started = time.time()
   result = train.train(
-      ctx.model_config, ctx.data_config, ctx.corpus, ctx.model_dir, FLAGS.steps,
-      seed=FLAGS.seed, learning_rate=FLAGS.learning_rate, clip_norm=FLAGS.clip_norm,
+      config, ctx.data_config, ctx.corpus, model_dir, steps,
+      seed=FLAGS.seed, learning_rate=learning_rate, clip_norm=FLAGS.clip_norm,
       checkpoint_every=FLAGS.checkpoint_every, validate_every=FLAGS.validate_every,
       max_validation_files=FLAGS.max_validation_files, log_every=FLAGS.log_every,
-      strategy=train.make_strategy(FLAGS.strategy))
-  _, model = model_lib.load_trained(ctx.model_dir)
-  report["train"] = {"steps": result["step"], "resumed_from_step": result["resumed_from"],
-                     "best_validation": result["best"],
-                     "wall_seconds_this_run": time.time() - started,
-                     "parameters": model_lib.count_parameters(model),
-                     "model_dir": ctx.model_dir}
+      strategy=train.make_strategy(FLAGS.strategy), init_from=init_from,
+      final_learning_rate_fraction=FLAGS.final_learning_rate_fraction)
+  _, model = model_lib.load_trained(model_dir)
+  return {"steps": result["step"], "resumed_from_step": result["resumed_from"],
+          "best_validation": result["best"], "wall_seconds_this_run": time.time() - started,
+          "parameters": model_lib.count_parameters(model), "model_dir": model_dir}
 
 
-def stage_evaluate(ctx, report):
-  """Float model, whole utterances, on the test split."""
-  enhance = enhancer_lib.Enhancer.from_model_dir(ctx.model_dir)
+def stage_train(ctx, report):
+  """Float training from scratch."""
+  report["train"] = _train(ctx, ctx.model_config, ctx.model_dir, FLAGS.steps,
+                           FLAGS.learning_rate)
+
+
+def stage_quantization_aware_training(ctx, report):
+  """Fine-tunes the float model with fake quantization on the int8 export grid."""
+  if FLAGS.qat_steps <= 0:
+    report["qat"] = None
+    return
+  config = dataclasses.replace(ctx.model_config, quantize=True)
+  report["qat"] = _train(ctx, config, ctx.qat_model_dir, FLAGS.qat_steps,
+                         FLAGS.qat_learning_rate, init_from=ctx.model_dir)
+
+
+def _evaluate(ctx, report, key, enhance, description):
   result = evaluate.evaluate_examples(enhance, ctx.test_examples)
-  path = os.path.join(ctx.output_dir, "evaluation.json")
-  fileio.write_json_atomic(path, dict(result, model_dir=ctx.model_dir, data_dir=ctx.data_dir,
-                                      split="test", seed=ctx.eval_seed))
-  report["evaluation"] = {"summary": result["summary"], "json": path}
+  path = os.path.join(ctx.output_dir, f"evaluation_{key}.json")
+  fileio.write_json_atomic(path, dict(result, data_dir=ctx.data_dir, split="test",
+                                      seed=ctx.eval_seed, model=description))
+  report.setdefault("evaluation", {})[key] = {"model": description,
+                                              "summary": result["summary"], "json": path}
+
+
+def stage_evaluate_float(ctx, report):
+  _evaluate(ctx, report, "fp32", enhancer_lib.Enhancer.from_model_dir(ctx.model_dir),
+            "float32 Keras, whole utterances")
+
+
+def stage_evaluate_qat(ctx, report):
+  if report.get("qat"):
+    _evaluate(ctx, report, "qat_keras",
+              enhancer_lib.Enhancer.from_model_dir(ctx.qat_model_dir),
+              "quantization-aware Keras model (fake quant), whole utterances")
+
+
+def _exported_model_dir(report, ctx):
+  return ctx.qat_model_dir if report.get("qat") else ctx.model_dir
+
+
+def stage_export(ctx, report):
+  """int8 .tflite, Vela compile, TFLM validation and the model card."""
+  card = export.export_model_dir(
+      _exported_model_dir(report, ctx), ctx.tflite_path, ctx.corpus, ctx.data_config,
+      accelerator=FLAGS.accelerator, sram_kib=FLAGS.sram_kib, flash_kib=FLAGS.flash_kib,
+      seed=ctx.eval_seed)
+  report["export"] = {"tflite": ctx.tflite_path,
+                      "model_card": os.path.join(os.path.dirname(ctx.tflite_path),
+                                                 "model_card.json"),
+                      "card": card}
+
+
+def stage_evaluate_tflm(ctx, report):
+  _evaluate(ctx, report, "tflm_int8",
+            enhancer_lib.make_enhancer(_exported_model_dir(report, ctx),
+                                       tflite=ctx.tflite_path),
+            "int8 .tflite in the TFLite Micro interpreter, frame by frame")
 
 
 def stage_streaming_check(ctx, report):
@@ -101,33 +159,45 @@ def stage_streaming_check(ctx, report):
 
 
 def stage_examples(ctx, report):
-  enhance = enhancer_lib.Enhancer.from_model_dir(ctx.model_dir)
+  enhance_float = enhancer_lib.Enhancer.from_model_dir(ctx.model_dir)
+  enhance_int8 = enhancer_lib.make_enhancer(_exported_model_dir(report, ctx),
+                                            tflite=ctx.tflite_path)
   folder = os.path.join(ctx.output_dir, "examples")
   written = []
   for example in ctx.test_examples[:FLAGS.example_wavs]:
-    for kind, wave in (("noisy", example.noisy), ("enhanced", enhance(example.noisy)),
-                       ("clean", example.clean)):
+    for kind, wave in (("noisy", example.noisy), ("clean", example.clean),
+                       ("enhanced_fp32", enhance_float(example.noisy)),
+                       ("enhanced_int8_tflm", enhance_int8(example.noisy))):
       path = os.path.join(folder, f"{example.name}_{kind}.wav")
       audio.write_audio(path, wave)
       written.append(path)
   report["examples"] = {"folder": folder, "files": written}
 
 
-STAGES = [("train", stage_train), ("evaluate", stage_evaluate),
-          ("streaming_check", stage_streaming_check), ("examples", stage_examples)]
+STAGES = [("train", stage_train), ("evaluate_fp32", stage_evaluate_float),
+          ("streaming_check", stage_streaming_check),
+          ("quantization_aware_training", stage_quantization_aware_training),
+          ("evaluate_qat", stage_evaluate_qat), ("export", stage_export),
+          ("evaluate_tflm", stage_evaluate_tflm), ("examples", stage_examples)]
 
 
 def print_report(report):
   print()
-  print(f"== tf_tinyse main job: {report['data_dir']} ==")
-  train_info = report["train"]
-  print(f"trained {train_info['steps']} steps, {train_info['parameters']:,} parameters; "
-        f"model: {train_info['model_dir']}")
-  summary = report["evaluation"]["summary"]
-  print(f"test split, {summary['files']} utterances (float model, whole utterances):")
-  print(metrics.format_table(summary))
-  print(f"streaming check: max |whole - streaming| = "
+  print(f"== tf_tinyse main job on {report['data_dir']} ==")
+  for key in ("train", "qat"):
+    info = report.get(key)
+    if info:
+      print(f"{'float training' if key == 'train' else 'QAT fine-tuning'}: {info['steps']} "
+            f"steps, {info['parameters']:,} parameters -> {info['model_dir']}")
+  for key, entry in report["evaluation"].items():
+    print(f"\n{entry['model']} — test split, {entry['summary']['files']} utterances:")
+    print(metrics.format_table(entry["summary"]))
+  print(f"\nstreaming check: max |whole - streaming| = "
         f"{report['streaming_check']['max_abs_difference']:.2e}")
+  export_info = report.get("export")
+  if export_info:
+    print("\n" + export.format_card(export_info["card"]))
+    print(f"int8 model: {export_info['tflite']}  card: {export_info['model_card']}")
   print(f"example WAVs: {report['examples']['folder']}")
   print(f"report: {report['report_json']}")
 

@@ -32,12 +32,16 @@ from tf_tinyse.errors import UserError
 
 flags.DEFINE_integer("steps", 2000, "Total training steps (a resumed run stops at the same total).")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_float("final_learning_rate_fraction", 0.1, "Cosine decay of the learning rate over "
+                   "--steps down to this fraction of --learning_rate (1: constant).")
 flags.DEFINE_float("clip_norm", 3.0, "Global gradient-norm clipping.")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints.")
 flags.DEFINE_integer("validate_every", 500, "Steps between validations (also at the end).")
 flags.DEFINE_integer("max_validation_files", 16, "Validation utterances scored each time.")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalars.")
 flags.DEFINE_integer("seed", 0, "Seed for weights and the data stream: same seed, same run.")
+flags.DEFINE_string("init_from", None, "Start a new run from the best weights of this model_dir "
+                    "(same layer sizes), e.g. to fine-tune a float model with --quantize.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy: one device, all local GPUs (MirroredStrategy), or "
                   "several machines from TF_CONFIG (MultiWorkerMirroredStrategy).")
@@ -67,12 +71,17 @@ def make_strategy(name):
 class Trainer:
   """Model, optimizer and the distributed train step; knows nothing of files."""
 
-  def __init__(self, config, strategy, learning_rate=1e-3, clip_norm=3.0, global_batch_size=32):
+  def __init__(self, config, strategy, learning_rate=1e-3, clip_norm=3.0, global_batch_size=32,
+               decay_steps=None, final_learning_rate_fraction=1.0):
     self.config = config
     self.strategy = strategy
     self.global_batch_size = global_batch_size
     with strategy.scope():
       self.model = model_lib.build_mask_model(config)
+      if decay_steps and final_learning_rate_fraction < 1.0:
+        # A function of the optimizer's step counter, which checkpoints restore.
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps, alpha=final_learning_rate_fraction)
       self.optimizer = keras.optimizers.Adam(learning_rate, global_clipnorm=clip_norm)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
       # Creating the slots now lets a checkpoint restore them before the first step.
@@ -173,12 +182,14 @@ def check_config_matches(model_dir, config):
 
 def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1e-3,
           clip_norm=3.0, checkpoint_every=200, validate_every=500, max_validation_files=16,
-          log_every=50, strategy=None, progress=True):
+          log_every=50, strategy=None, progress=True, init_from=None,
+          final_learning_rate_fraction=0.1):
   """Trains (or resumes) up to `steps` total steps. Returns a summary dict."""
   strategy = strategy or tf.distribute.get_strategy()
   check_config_matches(model_dir, config)
   keras.utils.set_random_seed(seed)
-  trainer = Trainer(config, strategy, learning_rate, clip_norm, data_config.batch_size)
+  trainer = Trainer(config, strategy, learning_rate, clip_norm, data_config.batch_size,
+                    decay_steps=steps, final_learning_rate_fraction=final_learning_rate_fraction)
   checkpoint = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
                                    step=trainer.step)
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINTS),
@@ -198,7 +209,14 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
       snr_db_range=(data_config.snr_db_min, data_config.snr_db_max),
       skip_bad_audio=data_config.skip_bad_audio)
   dataset = data.make_training_dataset(train_data, data_config, seed=seed, start_step=start_step)
-  if start_step == 0 and config.use_qeq:
+  if start_step == 0 and init_from:
+    _, source = model_lib.load_trained(init_from)
+    if [w.shape for w in source.weights] != [w.shape for w in trainer.model.weights]:
+      raise UserError(f"--init_from '{init_from}' holds a model of other layer sizes; "
+                      "its weights do not fit this model")
+    trainer.model.set_weights(source.get_weights())
+    logging.info("initialized from %s", init_from)
+  elif start_step == 0 and config.use_qeq:
     # A separate, seed-derived stream: the training stream stays a function of the step.
     calibration = data.make_training_dataset(train_data, data_config, seed=seed + 1)
     logging.info("QEQ calibrated: %s", calibrate_qeq(trainer.model, config,
@@ -263,7 +281,8 @@ def main(argv):
                  learning_rate=FLAGS.learning_rate, clip_norm=FLAGS.clip_norm,
                  checkpoint_every=FLAGS.checkpoint_every, validate_every=FLAGS.validate_every,
                  max_validation_files=FLAGS.max_validation_files, log_every=FLAGS.log_every,
-                 strategy=strategy)
+                 strategy=strategy, init_from=FLAGS.init_from,
+                 final_learning_rate_fraction=FLAGS.final_learning_rate_fraction)
   best = result["best"] or {}
   print(f"trained to step {result['step']} (started at {result['resumed_from']}); "
         f"best validation SI-SDR {best.get('si_sdr', float('nan')):.2f} dB at step "

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -70,3 +71,23 @@ def test_load_trained_restores_best_weights(tmp_path):
   for a, b in zip(model.get_weights(), loaded.get_weights()):
     np.testing.assert_array_equal(a, b)
   assert json.loads((tmp_path / "config.json").read_text())["lstm_units"] == [16, 12]
+
+
+def test_quantized_model_trains_on_the_export_grid_and_shares_the_float_layout():
+  quantized = dataclasses.replace(SMALL, quantize=True)
+  qat = model_lib.build_mask_model(quantized)
+  float_model = model_lib.build_mask_model(SMALL)
+  # Same variables in the same order: a float model initializes QAT fine-tuning.
+  assert [w.shape for w in qat.weights] == [w.shape for w in float_model.weights]
+  qat.set_weights(float_model.get_weights())
+  z = np.random.default_rng(3).uniform(0, 3, (1, 15, 128)).astype(np.float32)
+  mask = qat(z).numpy()
+  # The sigmoid output lies on TFLite's fixed int8 LOGISTIC grid k/256.
+  np.testing.assert_allclose(mask * 256, np.round(mask * 256), atol=1e-3)
+  # Fake quantization changes the output only slightly.
+  assert np.abs(mask - float_model(z).numpy()).max() < 0.1
+  streaming = model_lib.build_mask_model(quantized, streaming=True)
+  streaming.set_weights(qat.get_weights())
+  frames = [streaming(z[:, t:t + 1]).numpy()[0, 0] for t in range(z.shape[1])]
+  np.testing.assert_allclose(np.stack(frames), mask[0], atol=1e-6)
+  assert model_lib.ModelConfig.from_dict(quantized.to_dict()) == quantized

@@ -1,0 +1,178 @@
+"""QuantizedLSTM: an LSTM that trains on the grid of TFLite's int8 fused LSTM.
+
+The int8 UNIDIRECTIONAL_SEQUENCE_LSTM the converter makes from a tf_keras LSTM holds
+eight int8 weight matrices, each with one symmetric scale max|W|/127 (input and
+recurrent, per gate i, f, c, o); it computes gates and the cell state in int16 (fine
+grids, see `quantizers`) and emits h in int8, and that same int8 h is fed back as the
+recurrent state. The cell here mirrors that:
+
+    x (optional input quantizer) -> z = x @ Q_k(K) + h_prev @ Q_r(R) + b
+    i, f, o = sigmoid, g = tanh, c = f * c_prev + i * g (optional cell quantizer)
+    h = output_quantizer(o * tanh(c))        # output AND next recurrent state
+
+Weights have the layout and names of a tf_keras LSTM (`kernel` [in, 4u],
+`recurrent_kernel` [u, 4u], `bias` [4u], gate order i, f, c, o), so an export model's
+plain `tf_keras.layers.LSTM` takes them with `set_weights(get_weights())`.
+
+Pruning hook: `QuantizedLSTMCell.transform_weights(kernel, recurrent_kernel)` is the
+identity here; a sparse subclass creates its mask variables in `build` and overrides it
+to return the masked matrices. The quantizers then see the masked weights, so the
+per-gate scales are those the converter will compute from the pruned weights.
+"""
+import tensorflow as tf
+import tf_keras as keras
+
+from keras_layers import quantizers
+
+
+def _default_gate_quantizer():
+  # The converter gives each gate's matrix one per-tensor int8 scale.
+  return quantizers.MaxAbsQuantizer(8, splits=4)
+
+
+def _default_output_quantizer():
+  # h = o * tanh(c) lies in (-1, 1): the paper's fixed [-1, 1] range at 8 bits.
+  return quantizers.FixedRangeQuantizer(8, -1.0, 1.0)
+
+
+def _quantizer_arg(value, default_factory):
+  if isinstance(value, str) and value == "default":
+    return default_factory()
+  return quantizers.get(value)
+
+
+@keras.utils.register_keras_serializable(package="keras_layers")
+class QuantizedLSTMCell(keras.layers.LSTMCell):
+  """LSTMCell with fake-quantized weights, hidden output/state and (optionally) cell state.
+
+  `"default"` quantizers: kernel and recurrent kernel `MaxAbsQuantizer(8, splits=4)`,
+  output `FixedRangeQuantizer(8, -1, 1)`; cell state None (TFLite keeps it in int16 with
+  a power-of-two scale, a grid >= 128x finer than h's). None disables a quantizer.
+  """
+
+  def __init__(self, units, kernel_quantizer="default", recurrent_quantizer="default",
+               output_quantizer="default", cell_quantizer=None, **kwargs):
+    super().__init__(units, **kwargs)
+    self.kernel_quantizer = _quantizer_arg(kernel_quantizer, _default_gate_quantizer)
+    self.recurrent_quantizer = _quantizer_arg(recurrent_quantizer, _default_gate_quantizer)
+    self.output_quantizer = _quantizer_arg(output_quantizer, _default_output_quantizer)
+    self.cell_quantizer = quantizers.get(cell_quantizer)
+    if self.dropout or self.recurrent_dropout:
+      raise ValueError("QuantizedLSTMCell does not implement dropout")
+    # Set by QuantizedLSTM for the duration of one call, so that the weights are
+    # quantized once per sequence rather than once per time step. object.__setattr__
+    # keeps Keras from tracking these tensors as layer state.
+    object.__setattr__(self, "_weights_for_call", None)
+
+  def transform_weights(self, kernel, recurrent_kernel):
+    """Hook applied before quantization (identity; pruning masks go here)."""
+    return kernel, recurrent_kernel
+
+  def quantized_weights(self):
+    """(kernel, recurrent_kernel) as the forward pass uses them."""
+    kernel, recurrent_kernel = self.transform_weights(self.kernel, self.recurrent_kernel)
+    if self.kernel_quantizer is not None:
+      kernel = self.kernel_quantizer(kernel)
+    if self.recurrent_quantizer is not None:
+      recurrent_kernel = self.recurrent_quantizer(recurrent_kernel)
+    return kernel, recurrent_kernel
+
+  def call(self, inputs, states, training=None):
+    h_prev, c_prev = states[0], states[1]
+    kernel, recurrent_kernel = self._weights_for_call or self.quantized_weights()
+    z = tf.matmul(inputs, kernel) + tf.matmul(h_prev, recurrent_kernel)
+    if self.use_bias:
+      z = tf.nn.bias_add(z, self.bias)
+    z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
+    i = self.recurrent_activation(z_i)
+    f = self.recurrent_activation(z_f)
+    o = self.recurrent_activation(z_o)
+    c = f * c_prev + i * self.activation(z_c)
+    if self.cell_quantizer is not None:
+      c = self.cell_quantizer(c)
+    h = o * self.activation(c)
+    if self.output_quantizer is not None:
+      h = self.output_quantizer(h)
+    return h, [h, c]
+
+  def get_config(self):
+    config = super().get_config()
+    for key in ("dropout", "recurrent_dropout", "implementation"):
+      config.pop(key, None)
+    config.update({
+        "kernel_quantizer": quantizers.serialize(self.kernel_quantizer),
+        "recurrent_quantizer": quantizers.serialize(self.recurrent_quantizer),
+        "output_quantizer": quantizers.serialize(self.output_quantizer),
+        "cell_quantizer": quantizers.serialize(self.cell_quantizer),
+    })
+    return config
+
+
+@keras.utils.register_keras_serializable(package="keras_layers")
+class QuantizedLSTM(keras.layers.RNN):
+  """RNN of a QuantizedLSTMCell; training (sequences) and streaming (stateful) forms.
+
+  Args:
+    units: hidden size.
+    return_sequences, return_state, stateful: as tf_keras LSTM. The streaming form is
+      `stateful=True` with a fixed batch input shape (1, 1, features); `reset_states()`
+      zeroes h and c.
+    kernel_quantizer, recurrent_quantizer, output_quantizer, cell_quantizer: see
+      QuantizedLSTMCell.
+    input_quantizer: applied to the whole input sequence (e.g. the first LSTM's
+      `FixedRangeQuantizer(8, -1, 1)` after QEQ); None when the input is already on a grid.
+    activation, recurrent_activation, use_bias, initializers, regularizers,
+      constraints, unit_forget_bias: as tf_keras LSTM.
+  """
+
+  def __init__(self, units, return_sequences=True, return_state=False, stateful=False,
+               kernel_quantizer="default", recurrent_quantizer="default",
+               output_quantizer="default", cell_quantizer=None, input_quantizer=None,
+               activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+               kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+               bias_initializer="zeros", unit_forget_bias=True, kernel_regularizer=None,
+               recurrent_regularizer=None, bias_regularizer=None, kernel_constraint=None,
+               recurrent_constraint=None, bias_constraint=None, **kwargs):
+    cell = QuantizedLSTMCell(
+        units, kernel_quantizer=kernel_quantizer, recurrent_quantizer=recurrent_quantizer,
+        output_quantizer=output_quantizer, cell_quantizer=cell_quantizer,
+        activation=activation, recurrent_activation=recurrent_activation, use_bias=use_bias,
+        kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
+        bias_initializer=bias_initializer, unit_forget_bias=unit_forget_bias,
+        kernel_regularizer=kernel_regularizer, recurrent_regularizer=recurrent_regularizer,
+        bias_regularizer=bias_regularizer, kernel_constraint=kernel_constraint,
+        recurrent_constraint=recurrent_constraint, bias_constraint=bias_constraint,
+        dtype=kwargs.get("dtype"), trainable=kwargs.get("trainable", True),
+        name="lstm_cell")
+    super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
+                     stateful=stateful, **kwargs)
+    self.input_quantizer = quantizers.get(input_quantizer)
+    self.input_spec = [keras.layers.InputSpec(ndim=3)]
+
+  @property
+  def units(self):
+    return self.cell.units
+
+  def call(self, inputs, mask=None, training=None, initial_state=None):
+    if self.input_quantizer is not None:
+      inputs = self.input_quantizer(inputs)
+    # Quantize the weights once for the whole sequence; the cell's step reads them.
+    object.__setattr__(self.cell, "_weights_for_call", self.cell.quantized_weights())
+    try:
+      return super().call(inputs, mask=mask, training=training, initial_state=initial_state)
+    finally:
+      object.__setattr__(self.cell, "_weights_for_call", None)
+
+  def get_config(self):
+    config = super().get_config()
+    cell_config = self.cell.get_config()
+    del config["cell"]
+    for key in ("name", "trainable", "dtype"):
+      cell_config.pop(key, None)
+    config.update(cell_config)
+    config["input_quantizer"] = quantizers.serialize(self.input_quantizer)
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)

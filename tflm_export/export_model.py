@@ -1,0 +1,306 @@
+"""The model the converter sees, and the QAT ranges it must keep: trained → int8 `.tflite`.
+
+Two steps turn a trained (float or quantization-aware) mask model into the int8 model TFLite
+Micro runs, so that the int8 model computes what the QAT model computed:
+
+1. `build_export_model`: a plain tf_keras streaming model (Keras LSTM and Dense, which the
+   converter fuses and quantizes) holding the weights *as the trained forward pass uses them*:
+   `QuantizedLSTMCell.quantized_weights()` and `QuantizedDense.quantized_kernel()`, i.e. after
+   the `transform_*` hooks (pruning masks) and on the int8 grid. The converter re-derives the
+   same max-abs scales from these values, so the int8 weight codes are the QAT codes.
+
+2. `pin_fixed_ranges`: the converter calibrates every activation range from representative data,
+   so the LSTM input (QEQ output) and each LSTM output, which QAT trains on the fixed [-1, 1]
+   8-bit grid (scale 2/255), come out with narrower calibrated ranges (finer grids, e.g. scale
+   0.0047). The int8 model then rounds differently from the QAT model at every step
+   (measured: up to ~8 output LSBs at 256x2). After conversion those tensors are set to the QAT
+   grid in the flatbuffer: the LSTM input, the LSTM output together with the LSTM's output-state
+   variable tensor and its `effective_hidden_scale_intermediate` (the kernel writes h with the
+   state's scale and copies it to the output, so the three must agree), plus any tensor tied to
+   them by a RESHAPE-like op; the int32 biases of the ops that read them (fused LSTM gate biases,
+   FULLY_CONNECTED) are requantized to their new scale (input scale x weight scale).
+   All other ranges stay calibrated; the kernels derive their rescaling from tensor parameters
+   when the interpreter prepares the model.
+
+Why not `tf.quantization.fake_quant_with_min_max_args` ops in the Keras graph (measured with
+TF 2.21): the converter honours a FakeQuant *before* the first LSTM, but a FakeQuant *after* an
+LSTM gives the LSTM output scale 2/255 while the output-state variable keeps its calibrated
+scale (an inconsistent model), and FakeQuants on both sides of an LSTM make the conversion fail
+("Failed to duplicate values for the stateful op"). Even where it works, the converter derives
+zero point 0 for [-1, 1], while the op itself (and so QAT) uses zero point -1 (below). Rewriting
+the converted flatbuffer is one mechanism for all of these tensors and is checked by the tests
+(scales in the file, TFLM output against the QAT Keras model).
+
+The grid: `FixedRangeQuantizer(8, -1, 1)` is `fake_quant_with_min_max_args`, which nudges the
+range so that 0 is exact, in float32: scale = float32(2/255), zero point round(1 / scale) =
+round(127.49999) = 127 of [0, 255], i.e. int8 zero point -1 and values -127/127.5 .. 128/127.5
+(the same grid the calibrator gives a tensor whose range is exactly [-1, 1]).
+`quantizer_int8_params` computes this.
+"""
+import dataclasses
+
+import numpy as np
+import tf_keras as keras
+from tensorflow.lite.python import schema_py_generated as schema
+from tensorflow.lite.tools import flatbuffer_utils
+
+from keras_layers import quantizers
+from keras_layers.qeq import QEQ
+from keras_layers.quantized_dense import QuantizedDense
+from keras_layers.quantized_lstm import QuantizedLSTM
+from tf_tinyse import model as model_lib
+from tflm_export import convert
+
+_OP_CODES = {name: code for name, code in vars(schema.BuiltinOperator).items()
+             if not name.startswith("_")}
+_LSTM = _OP_CODES["UNIDIRECTIONAL_SEQUENCE_LSTM"]
+_FULLY_CONNECTED = _OP_CODES["FULLY_CONNECTED"]
+# Ops that move int8 data without rescaling it: their input and output must share one scale.
+_SAME_SCALE_OPS = frozenset(_OP_CODES[n] for n in ("RESHAPE", "SQUEEZE", "EXPAND_DIMS"))
+# Ops whose int32 bias is quantized with (input scale x weight scale); other consumers of a
+# pinned tensor (ADD, MUL, TANH, ...) rescale from tensor parameters at prepare time.
+_BIASED_OPS = frozenset(_OP_CODES[n] for n in ("CONV_2D", "DEPTHWISE_CONV_2D", "SVDF"))
+
+# Input tensor positions of the fused LSTM (TFLite's lstm_shared.h).
+_LSTM_INPUT_WEIGHTS = (1, 2, 3, 4)  # input-to-{input, forget, cell, output} weights
+_LSTM_GATE_BIASES = (12, 13, 14, 15)  # {input, forget, cell, output} gate biases
+_LSTM_OUTPUT_STATE = 18
+_LSTM_HIDDEN_INTERMEDIATE = 4  # effective_hidden_scale_intermediate
+
+
+@dataclasses.dataclass(frozen=True)
+class LstmRanges:
+  """The fixed int8 grids of one LSTM layer's input and output, as (scale, zero_point) or None
+  (None: keep the converter's calibrated range)."""
+  input: tuple = None
+  output: tuple = None
+
+
+def quantizer_int8_params(quantizer):
+  """(scale, int8 zero point) of the grid of an 8-bit `FixedRangeQuantizer`, or None.
+
+  Mirrors the range nudging of `fake_quant_with_min_max_args` (TensorFlow's `Nudge`, float32):
+  scale = (max - min) / 255, zero point = round(0 - min / scale) clamped to [0, 255], then
+  shifted by -128 for int8.
+  """
+  if not isinstance(quantizer, quantizers.FixedRangeQuantizer):
+    return None
+  if quantizer.bits != 8 or quantizer.narrow_range:
+    raise convert.ConversionError(
+        f"{quantizer!r}: only 8-bit, full-range fixed activation grids can be exported to int8")
+  range_min, range_max = np.float32(quantizer.range_min), np.float32(quantizer.range_max)
+  scale = (range_max - range_min) / np.float32(255.0)
+  zero_point = np.float32(0.0) - range_min / scale
+  # std::round (half away from zero), as Nudge does; the clamped value is >= 0.
+  zero_point = int(np.floor(np.clip(zero_point, 0.0, 255.0) + 0.5))
+  return float(scale), zero_point - 128
+
+
+def lstm_fixed_ranges(trained_model):
+  """One `LstmRanges` per LSTM layer of `trained_model`, in layer order."""
+  ranges = []
+  for layer in trained_model.layers:
+    if isinstance(layer, QuantizedLSTM):
+      ranges.append(LstmRanges(input=quantizer_int8_params(layer.input_quantizer),
+                               output=quantizer_int8_params(layer.cell.output_quantizer)))
+    elif isinstance(layer, keras.layers.LSTM):
+      ranges.append(LstmRanges())
+  return ranges
+
+
+def forward_weights(layer):
+  """The weights of `layer` as its forward pass uses them, in tf_keras LSTM/Dense order."""
+  if isinstance(layer, QuantizedLSTM):
+    kernel, recurrent_kernel = layer.cell.quantized_weights()
+    weights = [kernel, recurrent_kernel] + ([layer.cell.bias] if layer.cell.use_bias else [])
+    return [np.asarray(w) for w in weights]
+  if isinstance(layer, QuantizedDense):
+    weights = [layer.quantized_kernel()] + ([layer.bias] if layer.use_bias else [])
+    return [np.asarray(w) for w in weights]
+  if isinstance(layer, QEQ):
+    gain, bias = layer.get_weights()
+    return [np.diag(gain), bias]
+  return layer.get_weights()
+
+
+def build_export_model(trained_model, config):
+  """A plain streaming model (batch shape (1, 1, bands)) with `trained_model`'s forward weights.
+
+  Args:
+    trained_model: the trained mask model, training or streaming form, float or QAT
+      (`tf_tinyse.model.build_mask_model(config, ...)` with its weights loaded).
+    config: its `tf_tinyse.model.ModelConfig`.
+
+  Returns:
+    A `tf_keras.Model` built by `build_mask_model(config with quantize=False, streaming=True)`:
+    QEQ, tf_keras LSTMs (stateful) and Dense layers, the layers the converter fuses into
+    UNIDIRECTIONAL_SEQUENCE_LSTM and FULLY_CONNECTED. Quantized layers contribute their
+    transformed, fake-quantized weights; float layers their weights as they are.
+  """
+  body = model_lib.build_mask_model(
+      dataclasses.replace(config, quantize=False, use_qeq=False), streaming=True)
+  if config.use_qeq:
+    # QEQ as one FULLY_CONNECTED with the diagonal kernel diag(gain): the converter would make
+    # MUL then ADD, rounding the product g*z (whose range is wide before the bias centres it)
+    # to an int8 intermediate, measured as up to 7 steps of the 2/255 grid off the QAT value.
+    # As a Dense, g*z + b accumulates in int32 and is rounded once, onto the pinned grid; each
+    # per-channel int8 kernel scale is |g_j|/127, so the diagonal codes are exact.
+    bands = config.feature.num_bands
+    inputs = keras.Input(batch_shape=(1, 1, bands), name="features")
+    x = keras.layers.Dense(bands, name="qeq")(inputs)
+    for layer in body.layers[1:]:
+      x = layer(x)
+    export = keras.Model(inputs, x, name=body.name)
+  else:
+    export = body
+  for layer in export.layers:
+    if not layer.weights:
+      continue
+    try:
+      source = trained_model.get_layer(layer.name)
+    except ValueError as e:
+      raise convert.ConversionError(f"the trained model has no layer '{layer.name}': it was not "
+                                    f"built from this ModelConfig ({config.to_dict()})") from e
+    layer.set_weights(forward_weights(source))
+  return export
+
+
+class _Flatbuffer:
+  """The mutable object tree of a `.tflite` (main subgraph) with the lookups pinning needs."""
+
+  def __init__(self, tflite_bytes):
+    self.model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    if any(getattr(b, "offset", 0) for b in self.model.buffers or []):
+      raise convert.ConversionError("the .tflite stores buffers outside the flatbuffer "
+                                    "(> 2 GB model); fixed ranges cannot be pinned")
+    self.graph = self.model.subgraphs[0]
+    self.ops = list(self.graph.operators)
+    self.codes = [self._code(op) for op in self.ops]
+
+  def _code(self, op):
+    opcode = self.model.operatorCodes[op.opcodeIndex]
+    return max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
+
+  def tensor(self, index):
+    return self.graph.tensors[index]
+
+  def consumers(self, index):
+    return [k for k, op in enumerate(self.ops) if index in list(op.inputs)]
+
+  def producers(self, index):
+    return [k for k, op in enumerate(self.ops) if index in list(op.outputs)]
+
+  def same_scale_group(self, indices):
+    """`indices` and every tensor tied to them through RESHAPE-like ops, either direction."""
+    group, todo = set(), list(indices)
+    while todo:
+      index = todo.pop()
+      if index in group:
+        continue
+      group.add(index)
+      for k in self.consumers(index) + self.producers(index):
+        if self.codes[k] in _SAME_SCALE_OPS:
+          todo += [int(i) for i in list(self.ops[k].inputs)[:1] + list(self.ops[k].outputs)]
+    return group
+
+  def params(self, index):
+    q = self.tensor(index).quantization
+    return float(q.scale[0]), int(q.zeroPoint[0])
+
+  def set_params(self, index, scale, zero_point):
+    q = self.tensor(index).quantization
+    if q is None or q.scale is None or len(q.scale) != 1:
+      raise convert.ConversionError(f"tensor '{self.tensor(index).name.decode()}' is not "
+                                    "per-tensor quantized; cannot pin its range")
+    q.scale = np.array([scale], np.float32)
+    q.zeroPoint = np.array([zero_point], np.int64)
+
+  def requantize_bias(self, bias_index, new_scales):
+    """Re-encodes an int32 bias (float value = code x old scale) at `new_scales`."""
+    t = self.tensor(bias_index)
+    old_scales = np.asarray(t.quantization.scale, np.float64)
+    buffer = self.model.buffers[t.buffer]
+    codes = np.frombuffer(bytes(bytearray(buffer.data)), "<i4").astype(np.float64)
+    new_scales = np.broadcast_to(np.asarray(new_scales, np.float64), codes.shape)
+    values = codes * np.broadcast_to(old_scales, codes.shape)
+    new_codes = np.clip(np.round(values / new_scales), -2**31, 2**31 - 1).astype("<i4")
+    data = np.frombuffer(new_codes.tobytes(), np.uint8)
+    shared = sum(1 for other in self.graph.tensors if other.buffer == t.buffer) > 1
+    if shared:  # The converter deduplicates equal constants; give this bias its own buffer.
+      new_buffer = schema.BufferT()
+      new_buffer.data = data
+      self.model.buffers.append(new_buffer)
+      t.buffer = len(self.model.buffers) - 1
+    else:
+      buffer.data = data
+    per_tensor = len(old_scales) == 1 and np.all(new_scales == new_scales.flat[0])
+    t.quantization.scale = np.asarray(new_scales[:1] if per_tensor else new_scales, np.float32)
+
+  def to_bytes(self):
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(self.model))
+
+
+def _pin(fb, indices, scale, zero_point):
+  """Sets the grid of `indices` (and their same-scale group); fixes the readers' biases."""
+  group = fb.same_scale_group(indices)
+  for index in group:
+    fb.set_params(index, scale, zero_point)
+  for index in group:
+    for k in fb.consumers(index):
+      op, code = fb.ops[k], fb.codes[k]
+      inputs = [int(i) for i in op.inputs]
+      if code == _LSTM and inputs[0] == index:
+        for w, b in zip(_LSTM_INPUT_WEIGHTS, _LSTM_GATE_BIASES):
+          if inputs[b] >= 0:
+            fb.requantize_bias(inputs[b], scale * fb.params(inputs[w])[0])
+      elif code == _FULLY_CONNECTED and inputs[0] == index:
+        if len(inputs) > 2 and inputs[2] >= 0:
+          weight_scales = np.asarray(fb.tensor(inputs[1]).quantization.scale, np.float64)
+          fb.requantize_bias(inputs[2], scale * weight_scales)
+      elif code in _BIASED_OPS:
+        raise convert.ConversionError("a pinned LSTM tensor feeds an op with a bias that "
+                                      "cannot be requantized here; keep the mask network form")
+
+
+def pin_fixed_ranges(tflite_bytes, ranges):
+  """Sets the LSTM inputs/outputs of a converted model to the QAT grids in `ranges`.
+
+  Args:
+    tflite_bytes: an int8 model from `convert.convert_to_int8` of `build_export_model(...)`.
+    ranges: `lstm_fixed_ranges(trained_model)`, one `LstmRanges` per fused LSTM in order.
+
+  Returns:
+    The rewritten `.tflite` bytes (unchanged content when no range is fixed).
+  """
+  if not any(r.input or r.output for r in ranges):
+    return bytes(tflite_bytes)
+  fb = _Flatbuffer(tflite_bytes)
+  lstm_ops = [op for op, code in zip(fb.ops, fb.codes) if code == _LSTM]
+  if len(lstm_ops) != len(ranges):
+    raise convert.ConversionError(f"the .tflite has {len(lstm_ops)} fused LSTM op(s) for "
+                                  f"{len(ranges)} LSTM layer(s); cannot pin their ranges")
+  for op, r in zip(lstm_ops, ranges):
+    inputs = [int(i) for i in op.inputs]
+    if r.input is not None:
+      _pin(fb, [inputs[0]], *r.input)
+    if r.output is not None:
+      tied = [int(op.outputs[0]), inputs[_LSTM_OUTPUT_STATE]]
+      intermediates = [int(i) for i in (op.intermediates if op.intermediates is not None else [])]
+      if len(intermediates) > _LSTM_HIDDEN_INTERMEDIATE:
+        tied.append(intermediates[_LSTM_HIDDEN_INTERMEDIATE])
+      _pin(fb, tied, *r.output)
+  return fb.to_bytes()
+
+
+def convert_trained_model(trained_model, config, representative_features):
+  """Trained (float or QAT) mask model → int8 streaming `.tflite` bytes for TFLite Micro.
+
+  `build_export_model`, `convert.convert_to_int8` with `representative_features` (see there),
+  then `pin_fixed_ranges` with the trained model's fixed LSTM grids, then the integer-only check.
+  """
+  export = build_export_model(trained_model, config)
+  tflite_bytes = convert.convert_to_int8(export, representative_features)
+  ranges = lstm_fixed_ranges(trained_model)
+  tflite_bytes = pin_fixed_ranges(tflite_bytes, ranges)
+  convert.check_tflm_integer(tflite_bytes, len(ranges))
+  return tflite_bytes
