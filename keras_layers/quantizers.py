@@ -184,6 +184,24 @@ def activation_output_quantizer(activation, bits=8):
                    "use FixedRangeQuantizer with the range you train for")
 
 
+# Pre-activation ranges beyond which TFLite's int8 output grid saturates anyway:
+# round(128 * tanh(4)) = 128 → clamped to 127; round(256 * sigmoid(±6.3)) = 0 / 256 → 0 / 255.
+_ACTIVATION_INPUT_RANGE = {"tanh": 2.0, "sigmoid": 4.0}
+
+
+def activation_input_quantizer(activation, bits=8):
+  """A fixed int8 grid for the input of `activation` ("tanh" or "sigmoid").
+
+  The int8 export rounds a FULLY_CONNECTED's output to int8 before TANH/LOGISTIC; a fixed
+  range, pinned in the exported model, makes that grid the one training used. The ranges
+  cover every input whose output is not already saturated on the output grid.
+  """
+  if activation not in _ACTIVATION_INPUT_RANGE:
+    raise ValueError(f"activation_input_quantizer: no fixed range for {activation!r}")
+  limit = _ACTIVATION_INPUT_RANGE[activation]
+  return FixedRangeQuantizer(bits, -limit, limit)
+
+
 def serialize(quantizer):
   """Quantizer (or None) -> a JSON-able dict (or None), for layer get_config."""
   if quantizer is None:

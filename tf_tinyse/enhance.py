@@ -24,9 +24,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}: all options are --flags")
-  for name in ("model_dir", "input", "output"):
+  for name in ("input", "output"):
     if not FLAGS[name].value:
       raise UserError(f"--{name} is required")
+  if not (FLAGS.model_dir or FLAGS.tflite):
+    raise UserError("--model_dir (or --tflite) is required")
   noisy = audio.read_audio(FLAGS.input)
   # Streaming is the point of this command: frame by frame unless told otherwise.
   enhance = enhancer.make_enhancer(FLAGS.model_dir, streaming=True, tflite=FLAGS.tflite)

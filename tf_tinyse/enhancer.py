@@ -17,8 +17,9 @@ from tf_tinyse.errors import UserError
 flags.DEFINE_bool("streaming", False, "Enhance frame by frame with the streaming model "
                   "(as the device does) instead of one whole-utterance pass.")
 flags.DEFINE_string("tflite", None, "Run this int8 .tflite in the TFLite Micro interpreter "
-                    "instead of the Keras model (features and resynthesis stay in Python); "
-                    "--model_dir still gives the feature settings.")
+                    "instead of the Keras model (features, QEQ and resynthesis stay in Python, "
+                    "read from the <name>_frontend.json beside it); --model_dir is then not "
+                    "needed.")
 
 
 def enhance_batch(mask_model, noisy_waves, config, training=False):
@@ -77,6 +78,25 @@ class StreamingEnhancer:
     config, streaming_model = model_lib.load_trained(model_dir, streaming=True)
     return cls.from_keras(streaming_model, config.feature)
 
+  @classmethod
+  def from_tflm(cls, tflm_model, frontend):
+    """The int8 model in TFLite Micro (`tflm_export.tflm_runner.TflmModel`) behind its
+    front-end (`tflm_export.frontend.Frontend`: features → QEQ)."""
+    return cls(lambda z: tflm_model.run(frontend.model_input(z[None]))[0], tflm_model.reset,
+               frontend.feature)
+
+  @classmethod
+  def from_tflite_file(cls, tflite_path):
+    """An exported `.tflite` and the `<name>_frontend.json` written beside it."""
+    from tflm_export import frontend as frontend_lib  # pylint: disable=g-import-not-at-top
+    from tflm_export import tflm_runner  # pylint: disable=g-import-not-at-top
+    if not os.path.isfile(tflite_path):
+      raise UserError(f"--tflite '{tflite_path}' does not exist: export one with "
+                      "python -m tf_tinyse.export")
+    frontend = frontend_lib.Frontend.load(frontend_lib.frontend_path(tflite_path))
+    with open(tflite_path, "rb") as f:
+      return cls.from_tflm(tflm_runner.TflmModel(f.read()), frontend)
+
   def masks(self, noisy):
     """Mel masks [frames, bands] of an utterance, computed one frame at a time."""
     spectra = features.stft(np.asarray(noisy, np.float32)[None, :], self.feature_config)
@@ -84,26 +104,24 @@ class StreamingEnhancer:
     self.reset()
     return np.stack([self.mask_step(frame) for frame in z]), spectra
 
-  def __call__(self, noisy):
+  def enhance_with_mask(self, noisy):
+    """(mel mask [frames, bands], enhanced waveform) of one utterance, from a reset state."""
     mask, spectra = self.masks(noisy)
     enhanced = features.istft(
         features.apply_mel_mask(spectra, mask[None].astype(np.float32), self.feature_config),
         self.feature_config, len(noisy))
-    return enhanced[0].numpy()
+    return mask, enhanced[0].numpy()
+
+  def __call__(self, noisy):
+    return self.enhance_with_mask(noisy)[1]
 
 
 def make_enhancer(model_dir, streaming=False, tflite=None):
-  """The waveform → waveform function of a trained model: Keras whole-utterance,
-  Keras streaming, or the int8 `.tflite` in TFLM frame by frame."""
+  """The waveform → waveform function of a trained model: Keras whole-utterance, Keras
+  streaming, or (with `tflite`) the exported int8 model in TFLM frame by frame, which needs
+  only the `.tflite` and its front-end file, not `model_dir`."""
   if tflite:
-    from tflm_export import tflm_runner  # pylint: disable=g-import-not-at-top
-    config = model_lib.load_config(model_dir)
-    if not os.path.isfile(tflite):
-      raise UserError(f"--tflite '{tflite}' does not exist: export one with "
-                      "python -m tf_tinyse.export")
-    with open(tflite, "rb") as f:
-      tflm = tflm_runner.TflmModel(f.read())
-    return StreamingEnhancer(lambda z: tflm.run(z[None])[0], tflm.reset, config.feature)
+    return StreamingEnhancer.from_tflite_file(tflite)
   if streaming:
     return StreamingEnhancer.from_model_dir(model_dir)
   return Enhancer.from_model_dir(model_dir)

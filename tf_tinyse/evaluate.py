@@ -49,9 +49,10 @@ def evaluate_examples(enhance, examples, sample_rate=16000, progress=True):
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}: all options are --flags")
-  for name in ("model_dir", "data_dir"):
-    if not FLAGS[name].value:
-      raise UserError(f"--{name} is required")
+  if not FLAGS.data_dir:
+    raise UserError("--data_dir is required")
+  if not (FLAGS.model_dir or FLAGS.tflite):
+    raise UserError("--model_dir (or --tflite) is required")
   data_config = data.DataConfig.from_flags()
   corpus = data.discover_corpus(FLAGS.data_dir, data_config.validation_fraction)
   examples = data.make_evaluation_set(

@@ -95,6 +95,7 @@ def _make_dense(config, units, activation, name):
   if not config.quantize:
     return keras.layers.Dense(units, activation=activation, name=name)
   return QuantizedDense(units, activation=activation,
+                        preactivation_quantizer=quantizers.activation_input_quantizer(activation),
                         activation_quantizer=quantizers.activation_output_quantizer(activation),
                         name=name)
 

@@ -128,6 +128,30 @@ def calibrate_qeq(model, config, batches):
   return {"feature_mean": float(mean.mean()), "feature_std": float(std.mean())}
 
 
+def fit_qeq_into_quantization_range(model, config, batches, percentile=99.9):
+  """Scales QEQ so that its output fits the fixed [-1, 1] range of quantized training.
+
+  QEQ's purpose (paper, Sec. 3.1) is to bring the input into the fixed quantization range.
+  A float model's QEQ standardizes its features (spread about 1), so about a third of the
+  values would saturate at ±1. This divides gain and bias by k, the `percentile` of |QEQ
+  output| over `batches`, and multiplies the first LSTM's input kernel by k: the float
+  function is unchanged and only 0.1 % of the inputs saturate. Returns k.
+  """
+  qeq = model.get_layer("qeq")
+  outputs = []
+  for noisy, _ in batches:
+    z = features.mel_features(features.stft(noisy, config.feature), config.feature)
+    outputs.append(np.abs(qeq(z).numpy()).reshape(-1))
+  k = max(1.0, float(np.percentile(np.concatenate(outputs), percentile)))
+  gain, bias = qeq.get_weights()
+  qeq.set_weights([gain / k, bias / k])
+  first_lstm = model.get_layer("lstm_0")
+  weights = first_lstm.get_weights()
+  weights[0] = weights[0] * k
+  first_lstm.set_weights(weights)
+  return k
+
+
 def validate(model, config, examples):
   """Mean SI-SDR of enhanced and noisy validation utterances (whole-utterance pass)."""
   enhance = enhancer.Enhancer(model, config)
@@ -196,9 +220,9 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
                                        max_to_keep=3)
   if manager.latest_checkpoint:
     checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step))
+    logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step.numpy()))
   model_lib.save_config(model_dir, config)
-  start_step = int(trainer.step)
+  start_step = int(trainer.step.numpy())
   if start_step >= steps:
     logging.info("already trained for %d steps (--steps=%d): nothing to do", start_step, steps)
     return {"step": start_step, "resumed_from": start_step, "best": _read_best(model_dir)}
@@ -209,18 +233,24 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
       snr_db_range=(data_config.snr_db_min, data_config.snr_db_max),
       skip_bad_audio=data_config.skip_bad_audio)
   dataset = data.make_training_dataset(train_data, data_config, seed=seed, start_step=start_step)
+  # A separate, seed-derived stream: the training stream stays a function of the step.
+  calibration = data.make_training_dataset(train_data, data_config, seed=seed + 1).take(
+      QEQ_CALIBRATION_BATCHES)
   if start_step == 0 and init_from:
-    _, source = model_lib.load_trained(init_from)
+    source_config, source = model_lib.load_trained(init_from)
     if [w.shape for w in source.weights] != [w.shape for w in trainer.model.weights]:
       raise UserError(f"--init_from '{init_from}' holds a model of other layer sizes; "
                       "its weights do not fit this model")
     trainer.model.set_weights(source.get_weights())
     logging.info("initialized from %s", init_from)
+    if config.quantize and config.use_qeq and not source_config.quantize:
+      logging.info("QEQ scaled into the quantization range by 1/%.2f",
+                   fit_qeq_into_quantization_range(trainer.model, config, calibration))
   elif start_step == 0 and config.use_qeq:
-    # A separate, seed-derived stream: the training stream stays a function of the step.
-    calibration = data.make_training_dataset(train_data, data_config, seed=seed + 1)
-    logging.info("QEQ calibrated: %s", calibrate_qeq(trainer.model, config,
-                                                     calibration.take(QEQ_CALIBRATION_BATCHES)))
+    logging.info("QEQ calibrated: %s", calibrate_qeq(trainer.model, config, calibration))
+    if config.quantize:
+      logging.info("QEQ scaled into the quantization range by 1/%.2f",
+                   fit_qeq_into_quantization_range(trainer.model, config, calibration))
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
   writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
@@ -236,7 +266,7 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
         if not np.isfinite(loss):
           raise UserError(f"training loss became {loss} at step {step + 1}; lower "
                           "--learning_rate or check the data for clipping/NaN")
-        step = int(trainer.step)
+        step = int(trainer.step.numpy())
         loss_sum, loss_count = loss_sum + loss, loss_count + 1
         bar.update(1)
         if step % log_every == 0 or step == steps:
@@ -256,7 +286,7 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
             best = dict(scores, step=step)
             _save_best(trainer.model, model_dir, best)
   except KeyboardInterrupt:
-    step = int(trainer.step)
+    step = int(trainer.step.numpy())
     manager.save(checkpoint_number=step)
     bar.close()
     raise UserError(f"interrupted at step {step}; checkpoint saved in "

@@ -45,11 +45,11 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 from keras_layers import quantizers
-from keras_layers.qeq import QEQ
 from keras_layers.quantized_dense import QuantizedDense
 from keras_layers.quantized_lstm import QuantizedLSTM
 from tf_tinyse import model as model_lib
 from tflm_export import convert
+from tflm_export import frontend
 
 _OP_CODES = {name: code for name, code in vars(schema.BuiltinOperator).items()
              if not name.startswith("_")}
@@ -108,6 +108,13 @@ def lstm_fixed_ranges(trained_model):
   return ranges
 
 
+def dense_preactivation_ranges(trained_model):
+  """One (scale, int8 zero point) or None per Dense layer of `trained_model`, in layer order:
+  the fixed grid of its pre-activation (the int8 FULLY_CONNECTED output before TANH/LOGISTIC)."""
+  return [quantizer_int8_params(getattr(layer, "preactivation_quantizer", None))
+          for layer in trained_model.layers if isinstance(layer, keras.layers.Dense)]
+
+
 def forward_weights(layer):
   """The weights of `layer` as its forward pass uses them, in tf_keras LSTM/Dense order."""
   if isinstance(layer, QuantizedLSTM):
@@ -117,9 +124,6 @@ def forward_weights(layer):
   if isinstance(layer, QuantizedDense):
     weights = [layer.quantized_kernel()] + ([layer.bias] if layer.use_bias else [])
     return [np.asarray(w) for w in weights]
-  if isinstance(layer, QEQ):
-    gain, bias = layer.get_weights()
-    return [np.diag(gain), bias]
   return layer.get_weights()
 
 
@@ -132,27 +136,14 @@ def build_export_model(trained_model, config):
     config: its `tf_tinyse.model.ModelConfig`.
 
   Returns:
-    A `tf_keras.Model` built by `build_mask_model(config with quantize=False, streaming=True)`:
-    QEQ, tf_keras LSTMs (stateful) and Dense layers, the layers the converter fuses into
-    UNIDIRECTIONAL_SEQUENCE_LSTM and FULLY_CONNECTED. Quantized layers contribute their
+    A `tf_keras.Model` built by `build_mask_model(config without QEQ and quantization,
+    streaming=True)`: tf_keras LSTMs (stateful) and Dense layers, which the converter fuses
+    into UNIDIRECTIONAL_SEQUENCE_LSTM and FULLY_CONNECTED. Its input is the QEQ output: QEQ
+    runs in the front-end (`tflm_export.frontend`). Quantized layers contribute their
     transformed, fake-quantized weights; float layers their weights as they are.
   """
-  body = model_lib.build_mask_model(
+  export = model_lib.build_mask_model(
       dataclasses.replace(config, quantize=False, use_qeq=False), streaming=True)
-  if config.use_qeq:
-    # QEQ as one FULLY_CONNECTED with the diagonal kernel diag(gain): the converter would make
-    # MUL then ADD, rounding the product g*z (whose range is wide before the bias centres it)
-    # to an int8 intermediate, measured as up to 7 steps of the 2/255 grid off the QAT value.
-    # As a Dense, g*z + b accumulates in int32 and is rounded once, onto the pinned grid; each
-    # per-channel int8 kernel scale is |g_j|/127, so the diagonal codes are exact.
-    bands = config.feature.num_bands
-    inputs = keras.Input(batch_shape=(1, 1, bands), name="features")
-    x = keras.layers.Dense(bands, name="qeq")(inputs)
-    for layer in body.layers[1:]:
-      x = layer(x)
-    export = keras.Model(inputs, x, name=body.name)
-  else:
-    export = body
   for layer in export.layers:
     if not layer.weights:
       continue
@@ -262,19 +253,30 @@ def _pin(fb, indices, scale, zero_point):
                                       "cannot be requantized here; keep the mask network form")
 
 
-def pin_fixed_ranges(tflite_bytes, ranges):
-  """Sets the LSTM inputs/outputs of a converted model to the QAT grids in `ranges`.
+def pin_fixed_ranges(tflite_bytes, ranges, dense_ranges=()):
+  """Sets the LSTM inputs/outputs and Dense pre-activations of a converted model to the QAT
+  grids.
 
   Args:
     tflite_bytes: an int8 model from `convert.convert_to_int8` of `build_export_model(...)`.
     ranges: `lstm_fixed_ranges(trained_model)`, one `LstmRanges` per fused LSTM in order.
+    dense_ranges: `dense_preactivation_ranges(trained_model)`, one per FULLY_CONNECTED in
+      order (its output tensor, the input of TANH/LOGISTIC, gets the grid).
 
   Returns:
     The rewritten `.tflite` bytes (unchanged content when no range is fixed).
   """
-  if not any(r.input or r.output for r in ranges):
+  if not any(r.input or r.output for r in ranges) and not any(dense_ranges):
     return bytes(tflite_bytes)
   fb = _Flatbuffer(tflite_bytes)
+  fc_ops = [op for op, code in zip(fb.ops, fb.codes) if code == _FULLY_CONNECTED]
+  if any(dense_ranges):
+    if len(fc_ops) != len(dense_ranges):
+      raise convert.ConversionError(f"the .tflite has {len(fc_ops)} FULLY_CONNECTED op(s) for "
+                                    f"{len(dense_ranges)} Dense layer(s); cannot pin them")
+    for op, r in zip(fc_ops, dense_ranges):
+      if r is not None:
+        _pin(fb, [int(op.outputs[0])], *r)
   lstm_ops = [op for op, code in zip(fb.ops, fb.codes) if code == _LSTM]
   if len(lstm_ops) != len(ranges):
     raise convert.ConversionError(f"the .tflite has {len(lstm_ops)} fused LSTM op(s) for "
@@ -295,12 +297,15 @@ def pin_fixed_ranges(tflite_bytes, ranges):
 def convert_trained_model(trained_model, config, representative_features):
   """Trained (float or QAT) mask model → int8 streaming `.tflite` bytes for TFLite Micro.
 
-  `build_export_model`, `convert.convert_to_int8` with `representative_features` (see there),
-  then `pin_fixed_ranges` with the trained model's fixed LSTM grids, then the integer-only check.
+  `build_export_model`, `convert.convert_to_int8` with the front-end output of
+  `representative_features` (mel features, one array [frames, bands] per utterance), then
+  `pin_fixed_ranges` with the trained model's fixed LSTM grids, then the integer-only check.
   """
   export = build_export_model(trained_model, config)
-  tflite_bytes = convert.convert_to_int8(export, representative_features)
+  fe = frontend.Frontend.from_model(trained_model, config.feature)
+  tflite_bytes = convert.convert_to_int8(
+      export, [fe.model_input(f) for f in representative_features])
   ranges = lstm_fixed_ranges(trained_model)
-  tflite_bytes = pin_fixed_ranges(tflite_bytes, ranges)
+  tflite_bytes = pin_fixed_ranges(tflite_bytes, ranges, dense_preactivation_ranges(trained_model))
   convert.check_tflm_integer(tflite_bytes, len(ranges))
   return tflite_bytes

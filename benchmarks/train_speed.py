@@ -1,0 +1,84 @@
+"""Training speed of the TinyLSTM trainer with the real input pipeline, next to the pipeline.
+
+For the demo model (LSTM 128x2) and the paper model (LSTM 256x2), batch 32 of 0.8 s segments
+by default, prints training steps/s and seconds of audio trained per second over --steps steps
+after --warmup_steps, and how many batches/s the input pipeline alone produces. When the
+pipeline is not clearly faster than training, training is starved for data.
+
+  python benchmarks/train_speed.py --data_dir=tf_tinyse/demo_data
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
+import tf_keras as keras
+
+import tf_tinyse  # pylint: disable=unused-import  (sets TF_USE_LEGACY_KERAS)
+from benchmarks import model_configs
+from tf_tinyse import cli
+from tf_tinyse import data
+from tf_tinyse import demo_data
+from tf_tinyse import model as model_lib
+from tf_tinyse import train
+
+flags.DEFINE_integer("warmup_steps", 5, "Steps run before timing (tracing, pipeline fill).")
+flags.DEFINE_integer("timed_steps", 30, "Steps timed.")
+
+FLAGS = flags.FLAGS
+
+CONFIGS = model_configs.CONFIGS
+
+
+def pipeline_rate(audio_set, data_config, warmup, timed):
+  """Batches per second the input pipeline produces on its own."""
+  iterator = iter(data.make_training_dataset(audio_set, data_config, seed=0))
+  for _ in range(warmup):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(timed):
+    next(iterator)
+  return timed / (time.perf_counter() - start)
+
+
+def train_rate(config, audio_set, data_config, warmup, timed):
+  """Training steps per second, fed by the real pipeline (as train.train does)."""
+  keras.utils.set_random_seed(0)
+  trainer = train.Trainer(config, tf.distribute.get_strategy(),
+                          global_batch_size=data_config.batch_size)
+  iterator = iter(data.make_training_dataset(audio_set, data_config, seed=0))
+  for _ in range(warmup):
+    float(trainer.train_step(next(iterator)))
+  start = time.perf_counter()
+  for _ in range(timed):
+    # float() waits for the step, as the training loop does to check the loss.
+    float(trainer.train_step(next(iterator)))
+  return timed / (time.perf_counter() - start), model_lib.count_parameters(trainer.model)
+
+
+def main(argv):
+  del argv
+  data_config = data.DataConfig.from_flags()
+  corpus = data.discover_corpus(FLAGS.data_dir or demo_data.path(),
+                                data_config.validation_fraction)
+  audio_set = data.load_audio_set(corpus.split("train"), data_config.skip_bad_audio)
+  seconds_per_batch = data_config.batch_size * data_config.segment_seconds
+  print(f"batch {data_config.batch_size} x {data_config.segment_seconds} s, "
+        f"{FLAGS.timed_steps} timed steps after {FLAGS.warmup_steps}, {os.cpu_count()} CPU "
+        f"cores, GPUs: {len(tf.config.list_physical_devices('GPU'))}, TensorFlow {tf.__version__}")
+  rate = pipeline_rate(audio_set, data_config, FLAGS.warmup_steps, FLAGS.timed_steps)
+  print(f"{'input pipeline alone':32s} {rate:7.2f} batches/s  "
+        f"{rate * seconds_per_batch:8.1f} s of audio/s")
+  for label, config in CONFIGS.items():
+    steps, params = train_rate(config, audio_set, data_config, FLAGS.warmup_steps,
+                               FLAGS.timed_steps)
+    starved = "  (pipeline < 2x training: may starve)" if rate < 2 * steps else ""
+    print(f"{label:32s} {steps:7.2f} steps/s    {steps * seconds_per_batch:8.1f} s of audio/s  "
+          f"{params:,} parameters{starved}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,284 @@
+"""The training loop: model_dir contents, determinism, resume after SIGTERM/SIGKILL,
+MirroredStrategy equivalence and refusing to resume a different model."""
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_tinyse import data
+from tf_tinyse import demo_data
+from tf_tinyse import features
+from tf_tinyse import model as model_lib
+from tf_tinyse import train
+from tf_tinyse.errors import UserError
+
+TINY = model_lib.ModelConfig(lstm_units=(8, 8), dense_units=(8,))
+TINY_DATA = data.DataConfig(batch_size=4, segment_seconds=0.4)
+TINY_FLAGS = ["--lstm_units=8,8", "--dense_units=8", "--batch_size=4", "--segment_seconds=0.4",
+              "--max_validation_files=2"]
+# Long enough that an interrupt sent after the first checkpoint lands well before the end,
+# short enough that the resumed run takes a few seconds.
+RESUME_STEPS = 100
+RESUME_FLAGS = [f"--steps={RESUME_STEPS}", "--checkpoint_every=5", "--validate_every=1000",
+                "--log_every=5", "--seed=0"]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
+
+
+def _train(model_dir, steps, config=TINY, seed=0, checkpoint_every=5):
+  return train.train(config, TINY_DATA, data.discover_corpus(demo_data.path()), str(model_dir),
+                     steps, seed=seed, checkpoint_every=checkpoint_every, validate_every=1000,
+                     max_validation_files=2, log_every=5, progress=False)
+
+
+def _model_variables(model_dir):
+  """{name: value} of the model's variables in the newest checkpoint of `model_dir`."""
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir,
+                                                                            "checkpoints")))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k.startswith("model/")}
+
+
+def _max_difference(a, b):
+  assert a.keys() == b.keys() and a
+  return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+def _train_command(model_dir):
+  return [sys.executable, "-m", "tf_tinyse.train", f"--data_dir={demo_data.path()}",
+          f"--model_dir={model_dir}", *TINY_FLAGS, *RESUME_FLAGS]
+
+
+def _run_to_end(command, log_dir, name):
+  """Runs `command` to completion; returns (returncode, stdout, stderr)."""
+  with open(log_dir / f"{name}.out", "w+") as out, open(log_dir / f"{name}.err", "w+") as err:
+    rc = subprocess.run(command, stdout=out, stderr=err, env=ENV, timeout=120).returncode
+    out.seek(0)
+    err.seek(0)
+    return rc, out.read(), err.read()
+
+
+def _start_and_stop_after_first_checkpoint(command, model_dir, log_dir, sig):
+  """Starts training, sends `sig` once a checkpoint is recorded; returns (rc, stderr)."""
+  err_path = log_dir / "interrupted.err"
+  with open(log_dir / "interrupted.out", "w") as out, open(err_path, "w") as err:
+    proc = subprocess.Popen(command, stdout=out, stderr=err, env=ENV)
+    checkpoints = os.path.join(model_dir, "checkpoints")
+    deadline = time.monotonic() + 120
+    try:
+      # `latest_checkpoint` reads the `checkpoint` state file, written after the checkpoint
+      # files themselves, so a hit means a complete checkpoint that a rerun will find.
+      while tf.train.latest_checkpoint(checkpoints) is None:
+        assert proc.poll() is None, f"training ended before its first checkpoint: {command}"
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.02)
+      proc.send_signal(sig)
+      rc = proc.wait(timeout=60)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  return rc, err_path.read_text()
+
+
+def _checkpoint_step(model_dir):
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  return int(re.search(r"ckpt-(\d+)$", latest).group(1))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("tiny_run")
+  return model_dir, _train(model_dir, steps=6)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """Model variables after an uninterrupted run with the flags of the resume tests."""
+  model_dir = tmp_path_factory.mktemp("uninterrupted")
+  result = _train(model_dir, steps=RESUME_STEPS)
+  assert result["step"] == RESUME_STEPS
+  return _model_variables(model_dir)
+
+
+def test_train_writes_the_model_dir_layout(tiny_run):
+  model_dir, result = tiny_run
+  assert result["step"] == 6 and result["resumed_from"] == 0
+  assert model_lib.load_config(model_dir) == TINY
+  assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
+  assert os.path.isfile(os.path.join(model_dir, "best", "weights.h5"))
+  with open(os.path.join(model_dir, "best", "info.json")) as f:
+    info = json.load(f)
+  assert info["step"] == 6 and np.isfinite(info["si_sdr"]) and info == result["best"]
+  events = glob.glob(os.path.join(model_dir, "logs", "events.out.tfevents.*"))
+  assert events
+  tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(path)
+          for value in event.summary.value}
+  assert {"train/loss", "valid/si_sdr"} <= tags
+  # The trained model loads back through the public loader.
+  config, model = model_lib.load_trained(model_dir)
+  assert config == TINY and model.output_shape[-1] == TINY.feature.num_bands
+
+
+def test_training_again_to_the_same_step_does_nothing(tiny_run):
+  model_dir, _ = tiny_run
+  before = _model_variables(model_dir)
+  result = _train(model_dir, steps=6)
+  assert result == {"step": 6, "resumed_from": 6, "best": result["best"]}
+  assert _max_difference(before, _model_variables(model_dir)) == 0.0
+
+
+def test_same_seed_gives_identical_weights_on_cpu(tiny_run, tmp_path):
+  # Measured: bitwise identical on CPU (data stream and initialisation are seeded).
+  _train(tmp_path / "again", steps=6)
+  assert _max_difference(_model_variables(tiny_run[0]),
+                         _model_variables(tmp_path / "again")) == 0.0
+  _train(tmp_path / "other_seed", steps=6, seed=1)
+  assert _max_difference(_model_variables(tiny_run[0]),
+                         _model_variables(tmp_path / "other_seed")) > 1e-3
+
+
+def test_resuming_a_model_dir_of_another_config_is_refused(tiny_run):
+  model_dir, _ = tiny_run
+  other = model_lib.ModelConfig(lstm_units=(16, 8), dense_units=(8,))
+  with pytest.raises(UserError, match=r"holds a model of another configuration.*new --model_dir"):
+    _train(model_dir, steps=8, config=other)
+  # Nothing was overwritten by the refused run.
+  assert model_lib.load_config(model_dir) == TINY
+
+
+def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tmp_path, uninterrupted):
+  model_dir = tmp_path / "model"
+  command = _train_command(model_dir)
+  rc, stderr = _start_and_stop_after_first_checkpoint(command, model_dir, tmp_path,
+                                                      signal.SIGTERM)
+  assert rc == 2, stderr
+  assert "Traceback" not in stderr
+  errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, stderr
+  match = re.fullmatch(r"error: interrupted at step (\d+); checkpoint saved in (.+): run the "
+                       r"same command to resume", errors[0])
+  assert match, errors[0]
+  step = int(match.group(1))
+  assert 0 < step < RESUME_STEPS
+  assert _checkpoint_step(model_dir) == step
+
+  rc, stdout, stderr = _run_to_end(command, tmp_path, "resumed")
+  assert rc == 0, stderr
+  assert re.search(rf"resumed from \S+ckpt-{step} at step {step}\b", stderr), stderr
+  assert f"trained to step {RESUME_STEPS} (started at {step})" in stdout
+  assert _checkpoint_step(model_dir) == RESUME_STEPS
+  # The data stream is a function of (seed, step) and the checkpoint holds the optimizer, so
+  # the resumed run ends where the uninterrupted one does (within 1e-6 on CPU, as measured).
+  assert _max_difference(_model_variables(model_dir), uninterrupted) <= 1e-6
+
+
+def test_sigkill_rerun_resumes_from_the_last_periodic_checkpoint(tmp_path, uninterrupted):
+  model_dir = tmp_path / "model"
+  command = _train_command(model_dir)
+  rc, _ = _start_and_stop_after_first_checkpoint(command, model_dir, tmp_path, signal.SIGKILL)
+  assert rc == -signal.SIGKILL
+  step = _checkpoint_step(model_dir)
+  assert step % 5 == 0 and 0 < step < RESUME_STEPS  # a periodic one: nothing ran at the kill
+
+  rc, stdout, stderr = _run_to_end(command, tmp_path, "resumed")
+  assert rc == 0, stderr
+  assert re.search(rf"resumed from \S+ckpt-{step} at step {step}\b", stderr), stderr
+  assert f"trained to step {RESUME_STEPS} (started at {step})" in stdout
+  assert _max_difference(_model_variables(model_dir), uninterrupted) <= 1e-6
+
+
+# Runs in a fresh interpreter: logical devices must be configured before TF initializes.
+_MIRRORED_SCRIPT = textwrap.dedent("""
+    import dataclasses, json, os, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import tf_keras as keras
+    from tf_tinyse import data, demo_data, train
+    from tf_tinyse import model as model_lib
+
+    STEPS, BATCH = 4, 4
+    config = model_lib.ModelConfig(lstm_units=(8, 8), dense_units=(8,))
+    data_config = data.DataConfig(batch_size=BATCH, segment_seconds=0.4)
+    files = data.discover_corpus(demo_data.path()).split("train")
+    files = dataclasses.replace(files, clean=files.clean[:4], noise=files.noise[:4])
+    stream = data.make_training_dataset(data.load_audio_set(files), data_config, seed=0)
+    batches = [tuple(t.numpy() for t in b) for b in stream.take(STEPS)]
+    noisy = np.concatenate([b[0] for b in batches])
+    clean = np.concatenate([b[1] for b in batches])
+
+    def run(strategy, initial):
+      trainer = train.Trainer(config, strategy, learning_rate=1e-2, global_batch_size=BATCH)
+      trainer.model.set_weights(initial)
+      dataset = tf.data.Dataset.from_tensor_slices((noisy, clean)).batch(BATCH)
+      iterator = iter(strategy.experimental_distribute_dataset(dataset))
+      losses = [float(trainer.train_step(next(iterator))) for _ in range(STEPS)]
+      return losses, trainer.model.get_weights(), int(trainer.step.numpy())
+
+    keras.utils.set_random_seed(0)
+    initial = model_lib.build_mask_model(config).get_weights()
+    single_losses, single_weights, _ = run(tf.distribute.get_strategy(), initial)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored_losses, mirrored_weights, steps = run(mirrored, initial)
+    first = next(iter(mirrored.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices((noisy, clean)).batch(BATCH))))
+    result = {
+        "replica_batches": [int(t.shape[0])
+                            for t in mirrored.experimental_local_results(first[0])],
+        "replicas": mirrored.num_replicas_in_sync, "steps": steps,
+        "single": single_losses, "mirrored": mirrored_losses,
+        "moved": max(float(np.max(np.abs(w - i))) for w, i in zip(single_weights, initial)),
+        "weight_difference": max(float(np.max(np.abs(a - b)))
+                                 for a, b in zip(single_weights, mirrored_weights))}
+    print("RESULT " + json.dumps(result))
+""")
+
+
+def test_mirrored_strategy_on_two_cpus_matches_a_single_device():
+  proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True,
+                        text=True, env=ENV, timeout=180)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+  assert result["replicas"] == 2 and result["steps"] == 4
+  assert result["replica_batches"] == [2, 2]  # each replica gets half of the global batch
+  assert result["moved"] > 1e-3  # training changed the weights: the comparison means something
+  # Measured: equal losses, weights within 3e-7 (the replicas' gradients are summed in
+  # another order).
+  np.testing.assert_allclose(result["mirrored"], result["single"], rtol=1e-5)
+  assert result["weight_difference"] < 1e-5, result
+
+
+def test_train_with_a_mirrored_strategy(tmp_path):
+  result = train.train(TINY, TINY_DATA, data.discover_corpus(demo_data.path()), str(tmp_path),
+                       2, validate_every=1000, max_validation_files=1, progress=False,
+                       strategy=tf.distribute.MirroredStrategy(["/cpu:0"]))
+  assert result["step"] == 2
+
+
+def test_fitting_qeq_into_the_quantization_range_keeps_the_float_function():
+  config = model_lib.ModelConfig(lstm_units=(8, 8), dense_units=(8,))
+  model = model_lib.build_mask_model(config)
+  rng = np.random.default_rng(0)
+  noisy = (0.1 * rng.standard_normal((2, 8000))).astype(np.float32)
+  batches = [(noisy, noisy)]
+  train.calibrate_qeq(model, config, batches)
+  z = features.mel_features(features.stft(noisy, config.feature), config.feature)
+  before = model(z).numpy()
+  spread_before = np.percentile(np.abs(model.get_layer("qeq")(z).numpy()), 99.9)
+  k = train.fit_qeq_into_quantization_range(model, config, batches)
+  assert k == pytest.approx(spread_before, rel=1e-4) and k > 1
+  # QEQ output now within [-1, 1] but for 0.1 %; the network computes the same function.
+  assert np.percentile(np.abs(model.get_layer("qeq")(z).numpy()), 99.9) == pytest.approx(1.0,
+                                                                                          rel=1e-3)
+  np.testing.assert_allclose(model(z).numpy(), before, atol=1e-5)
