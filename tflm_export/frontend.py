@@ -69,8 +69,15 @@ class Frontend:
       with open(path) as f:
         d = json.load(f)
       gain, bias = d["qeq_gain"], d["qeq_bias"]
-      return cls(features.FeatureConfig.from_dict(d["feature"]),
-                 None if gain is None else np.asarray(gain, np.float32),
-                 None if bias is None else np.asarray(bias, np.float32))
+      feature = features.FeatureConfig.from_dict(d["feature"])
+      gain = None if gain is None else np.asarray(gain, np.float32)
+      bias = None if bias is None else np.asarray(bias, np.float32)
     except (ValueError, KeyError, TypeError) as e:
       raise UserError(f"'{path}' is not a valid front-end file ({e}); export again") from e
+    for name, values in (("qeq_gain", gain), ("qeq_bias", bias)):
+      if values is not None and values.shape != (feature.num_bands,):
+        raise UserError(f"'{path}': {name} has shape {values.shape}, expected "
+                        f"({feature.num_bands},) (one per band); export again")
+    if (gain is None) != (bias is None):
+      raise UserError(f"'{path}': qeq_gain and qeq_bias must both be set or both null")
+    return cls(feature, gain, bias)

@@ -129,3 +129,49 @@ def test_transform_kernel_runs_before_quantization():
   quantized = layer.quantized_kernel().numpy()
   assert np.all(quantized[masked == 0] == 0)
   np.testing.assert_allclose(quantized, Q.MaxAbsQuantizer(8, axis=-1)(masked).numpy())
+
+
+def _sigmoid_layer_with_preactivation_grid(features=6, units=4):
+  """A QuantizedDense(sigmoid) on the fixed pre-activation grid, weights spreading x@W+b well
+  beyond the grid's [-4, 4]."""
+  layer = QuantizedDense(units, activation="sigmoid",
+                         preactivation_quantizer=Q.activation_input_quantizer("sigmoid"))
+  layer.build((None, features))
+  rng = np.random.default_rng(3)
+  layer.set_weights([rng.normal(0, 3.0, (features, units)).astype(np.float32),
+                     rng.normal(0, 1.0, units).astype(np.float32)])
+  return layer
+
+
+def test_preactivation_grid_is_applied_before_the_activation():
+  layer = _sigmoid_layer_with_preactivation_grid()
+  x = np.random.default_rng(4).uniform(-1, 1, (200, 6)).astype(np.float32)
+  preactivation = x @ layer.quantized_kernel().numpy() + layer.bias.numpy()
+  assert preactivation.min() < -4.5 and preactivation.max() > 4.5  # the range saturates
+  grid = Q.FixedRangeQuantizer(8, -4.0, 4.0)(tf.constant(preactivation)).numpy()
+  # The grid values: 8/255 steps (the int8 tensor TFLite rounds the FULLY_CONNECTED output to).
+  steps = (grid.astype(np.float64) - grid.min()) / (8.0 / 255.0)
+  np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+  assert len(np.unique(grid)) <= 256 and np.abs(grid).max() <= 4.0 + 8.0 / 255.0
+  outputs = layer(x).numpy()
+  np.testing.assert_allclose(outputs, tf.sigmoid(grid).numpy(), rtol=0, atol=1e-6)
+  # ... and not the sigmoid of the float pre-activation.
+  assert np.abs(outputs - tf.sigmoid(preactivation).numpy()).max() > 1e-3
+
+
+def test_config_round_trip_keeps_the_preactivation_quantizer():
+  layer = _sigmoid_layer_with_preactivation_grid()
+  config = layer.get_config()
+  assert config["preactivation_quantizer"] == Q.serialize(Q.FixedRangeQuantizer(8, -4.0, 4.0))
+  clone = QuantizedDense.from_config(config)
+  assert clone.preactivation_quantizer == Q.activation_input_quantizer("sigmoid")
+  assert clone.get_config() == config
+  clone.build((None, 6))
+  clone.set_weights(layer.get_weights())
+  x = np.random.default_rng(5).uniform(-1, 1, (50, 6)).astype(np.float32)
+  np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
+  # A whole model with the layer reloads from its config with the same quantizer.
+  inputs = keras.Input((6,))
+  model = keras.Model(inputs, layer(inputs))
+  reloaded = keras.Model.from_config(model.get_config())
+  assert reloaded.layers[-1].preactivation_quantizer == layer.preactivation_quantizer

@@ -105,3 +105,21 @@ def test_serialize_round_trip(quantizer):
 def test_deserialize_unknown_name_fails():
   with pytest.raises(ValueError, match="unknown quantizer"):
     Q.deserialize({"class_name": "Nope", "config": {}})
+
+
+@pytest.mark.parametrize("activation,limit", [("tanh", 2.0), ("sigmoid", 4.0)])
+def test_activation_input_quantizer_is_a_fixed_symmetric_int8_range(activation, limit):
+  quantizer = Q.activation_input_quantizer(activation)
+  assert quantizer == Q.FixedRangeQuantizer(8, -limit, limit)
+  x = tf.linspace(-3.0 * limit, 3.0 * limit, 4001)
+  y = quantizer(x).numpy().astype(np.float64)
+  codes = (y - y.min()) / (2.0 * limit / 255.0)
+  np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
+  assert len(np.unique(np.round(codes))) == 256  # the whole int8 grid is used, then saturates
+  assert y.min() == pytest.approx(-limit, abs=2.0 * limit / 255.0)
+  assert y.max() == pytest.approx(limit, abs=2.0 * limit / 255.0)
+
+
+def test_activation_input_quantizer_rejects_unknown_activation():
+  with pytest.raises(ValueError, match="relu"):
+    Q.activation_input_quantizer("relu")

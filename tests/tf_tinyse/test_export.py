@@ -1,30 +1,43 @@
-"""Export of a trained QAT model dir: the three artifacts, the card against them, the CLI."""
+"""Export of a trained QAT model dir: the artifacts (int8 model, its front-end, Vela, card), the
+card against them, the tolerance rule, the CLI, and the exported pair run by `enhance --tflite`
+and `evaluate --tflite` without the model dir."""
+import concurrent.futures
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile as sf
 
+from keras_layers.qeq import QEQ
+from tf_tinyse import audio
 from tf_tinyse import data
 from tf_tinyse import demo_data
+from tf_tinyse import enhancer
+from tf_tinyse import evaluate
 from tf_tinyse import export
+from tf_tinyse import metrics
 from tf_tinyse import model as model_lib
 from tf_tinyse import train
 from tf_tinyse.errors import UserError
 from tflm_export import convert
+from tflm_export import frontend
 from tflm_export import tflite_graph
 from tflm_export import vela
 
 TINY_QAT = model_lib.ModelConfig(lstm_units=(16, 16), dense_units=(16,), quantize=True)
 TINY_DATA = data.DataConfig(batch_size=4, segment_seconds=0.4)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
-# Measured for this briefly trained model: up to 3 LSB (mean ~0.1), above the default 2 LSB.
-# The residual is the int8 model input (calibrated scale ~0.014 on the raw features) times the
-# QEQ gains (~2-4), which the QAT model does not fake-quantize; see the report of
-# tflm_export.export_model. The tests check the export mechanics with this documented margin.
-TOLERANCE_LSB = 4.0
-FAST = ["--representative_files=1", "--validation_files=1", f"--tolerance_lsb={TOLERANCE_LSB}"]
+# The export's default: 99 % of the mask values within 2 output LSBs (1/256) of Keras QAT.
+# Measured for this briefly trained model over 2 test utterances: mean 0.04 LSB, 99th
+# percentile 2, max 2 (one step of the pinned sigmoid input grid, 8/255, is up to 2 LSBs).
+TOLERANCE_LSB = 2.0
+FAST = ["--representative_files=1", "--validation_files=1"]
+# One 16-bit step for writing the WAV, one for the float → int16 → float round trip.
+WAV_TOLERANCE = 2.0 / 32768 + 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -46,23 +59,24 @@ def exported(tmp_path_factory, trained_dir, corpus):
   output = str(tmp_path_factory.mktemp("export") / "model.tflite")
   card = export.export_model_dir(trained_dir, output, corpus, TINY_DATA,
                                  accelerator="ethos-u55-64", sram_kib=512, flash_kib=4096,
-                                 representative_files=2, validation_files=2,
-                                 tolerance_lsb=TOLERANCE_LSB)
+                                 representative_files=2, validation_files=2)
   return output, card
 
 
-def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "tf_tinyse.export", *args], capture_output=True,
+def _cli(*args, module="tf_tinyse.export"):
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
                         text=True, env=ENV, timeout=300, check=False)
 
 
-def test_writes_the_three_artifacts_and_a_consistent_card(exported):
+def test_writes_the_artifacts_and_a_consistent_card(exported):
   output, card = exported
   folder = os.path.dirname(output)
   vela_tflite = os.path.join(folder, "model_vela.tflite")
   card_path = os.path.join(folder, export.CARD_FILE)
-  for path in (output, vela_tflite, card["vela_summary_csv"], card_path):
+  frontend_json = os.path.join(folder, "model_frontend.json")
+  for path in (output, frontend_json, vela_tflite, card["vela_summary_csv"], card_path):
     assert os.path.isfile(path)
+  assert card["frontend"] == frontend_json
   with open(card_path) as f:
     assert json.load(f) == json.loads(json.dumps(card))
   assert card["tflite_bytes"] == os.path.getsize(output)
@@ -82,12 +96,30 @@ def test_writes_the_three_artifacts_and_a_consistent_card(exported):
   assert card["constraints"]["memory"]["status"] == "pass"
 
 
+def test_frontend_file_holds_the_trained_qeq_and_features(exported, trained_dir):
+  output, card = exported
+  fe = frontend.Frontend.load(card["frontend"])
+  config, model = model_lib.load_trained(trained_dir, streaming=True)
+  assert fe.feature == config.feature
+  gain, bias = next(l for l in model.layers if isinstance(l, QEQ)).get_weights()
+  np.testing.assert_array_equal(fe.qeq_gain, gain)
+  np.testing.assert_array_equal(fe.qeq_bias, bias)
+  # The int8 model starts at the first LSTM: its input is the front-end output on the QAT grid.
+  with open(output, "rb") as f:
+    graph = tflite_graph.read_graph(f.read())
+  first_lstm = next(op for op in graph.operators if op.name == convert.FUSED_LSTM)
+  assert graph.inputs[0].index == first_lstm.inputs[0].index
+  assert graph.inputs[0].scales == (pytest.approx(2.0 / 255.0),)
+
+
 def test_validation_section_agrees_within_tolerance(exported, trained_dir):
   output, card = exported
   v = card["validation"]
   assert v["reference"] == "keras_qat" and v["tolerance_lsb"] == TOLERANCE_LSB
   assert len(v["utterances"]) == 2 and v["frames"] > 500
-  assert v["mask_max_abs_error_lsb"] <= TOLERANCE_LSB and v["mask_mean_abs_error_lsb"] < 0.5
+  assert v["mask_p99_abs_error_lsb"] <= TOLERANCE_LSB and v["mask_mean_abs_error_lsb"] < 0.5
+  assert v["mask_fraction_within_2_lsb"] >= 0.99
+  assert v["mask_mean_abs_error_lsb"] <= v["mask_p99_abs_error_lsb"] <= v["mask_max_abs_error_lsb"]
   assert v["mask_max_abs_error"] == pytest.approx(v["mask_max_abs_error_lsb"] / 256.0)
   # The same model computes the same enhancement: SI-SDRs within a few hundredths of a dB.
   assert abs(v["si_sdr_tflm_db"] - v["si_sdr_keras_db"]) < 0.1
@@ -96,7 +128,9 @@ def test_validation_section_agrees_within_tolerance(exported, trained_dir):
     graph = tflite_graph.read_graph(f.read())
   lstm_outputs = [op.outputs[0] for op in graph.operators if op.name == convert.FUSED_LSTM]
   assert [t.scales[0] for t in lstm_outputs] == [pytest.approx(2.0 / 255.0)] * 2
-  assert "mask error max" in export.format_card(card)
+  summary = export.format_card(card)
+  assert f"99 % within {v['mask_p99_abs_error_lsb']:.0f} LSB (tolerance 2)" in summary
+  assert f"max {v['mask_max_abs_error_lsb']:.0f} LSB" in summary
 
 
 def test_cli_missing_checkpoint_is_a_clear_error(tmp_path):
@@ -111,10 +145,33 @@ def test_cli_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_disagreement_beyond_tolerance_writes_nothing(trained_dir, corpus, tmp_path):
   output = tmp_path / "model.tflite"
-  with pytest.raises(UserError, match="disagrees with its Keras QAT model"):
+  # Both masks lie on the 1/256 output grid, so the errors are whole LSBs; about 2 % of this
+  # model's mask values differ (by 2 LSB), so its 99th percentile is above 0.5.
+  with pytest.raises(UserError, match=r"disagrees with its Keras QAT model: 99 % of mask values "
+                                      r"within [\d.]+ LSB \(max [\d.]+, mean [\d.]+\).*"
+                                      r"--tolerance_lsb=0\.5; nothing was written"):
     export.export_model_dir(trained_dir, output, corpus, TINY_DATA, representative_files=1,
-                            validation_files=1, tolerance_lsb=0.0)
+                            validation_files=1, tolerance_lsb=0.5)
   assert not os.listdir(tmp_path)
+
+
+def test_tolerance_applies_to_the_99th_percentile_not_the_max(trained_dir, corpus, tmp_path,
+                                                              monkeypatch):
+  """A few outliers beyond the tolerance (the card reports them) do not fail the export."""
+  measure = export.validate
+
+  def validate_with_an_outlier(*args):
+    v = measure(*args)
+    assert v["mask_p99_abs_error_lsb"] <= TOLERANCE_LSB
+    v["mask_max_abs_error_lsb"] = 3.0 * TOLERANCE_LSB  # e.g. one frame far off
+    return v
+
+  monkeypatch.setattr(export, "validate", validate_with_an_outlier)
+  card = export.export_model_dir(trained_dir, tmp_path / "model.tflite", corpus, TINY_DATA,
+                                 representative_files=1, validation_files=1)
+  assert card["validation"]["mask_max_abs_error_lsb"] > card["validation"]["tolerance_lsb"]
+  assert os.path.isfile(tmp_path / "model.tflite")
+  assert os.path.isfile(tmp_path / "model_frontend.json")
 
 
 def test_cli_missing_data_dir_is_a_clear_error(trained_dir, tmp_path):
@@ -138,3 +195,61 @@ def test_cli_budget_fails_only_with_strict(trained_dir, tmp_path):
   assert "constraint(s) failed: memory" in strict.stderr
   # --strict judges the written card; the artifacts are there to inspect.
   assert os.path.isfile(tmp_path / "strict" / export.CARD_FILE)
+  assert os.path.isfile(tmp_path / "strict" / "model_frontend.json")
+
+
+@pytest.fixture(scope="module")
+def tflite_cli_runs(exported, tmp_path_factory, noisy_clip):
+  """`enhance --tflite` and `evaluate --tflite` on the exported pair, no --model_dir, run
+  concurrently (each is a process that imports TensorFlow)."""
+  output, _ = exported
+  tmp = tmp_path_factory.mktemp("tflite_cli")
+  noisy = str(tmp / "noisy.wav")
+  audio.write_audio(noisy, noisy_clip[0])
+  jobs = {
+      "enhance": ["tf_tinyse.enhance", f"--tflite={output}", f"--input={noisy}",
+                  f"--output={tmp / 'enhanced.wav'}"],
+      "evaluate": ["tf_tinyse.evaluate", f"--tflite={output}", f"--data_dir={demo_data.path()}",
+                   "--max_files=1", f"--output_json={tmp / 'scores.json'}"],
+  }
+  with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+    done = dict(zip(jobs, pool.map(lambda a: _cli(*a[1:], module=a[0]), jobs.values())))
+  return {"tmp": tmp, "noisy": noisy, "done": done}
+
+
+def test_enhance_cli_runs_the_exported_model_without_model_dir(exported, tflite_cli_runs):
+  done = tflite_cli_runs["done"]["enhance"]
+  assert done.returncode == 0, done.stderr[-3000:]
+  written, rate = sf.read(str(tflite_cli_runs["tmp"] / "enhanced.wav"), dtype="float32")
+  noisy = audio.read_audio(tflite_cli_runs["noisy"])
+  assert rate == 16000 and written.shape == noisy.shape
+  # The same int8 model behind the same front-end file, in this process.
+  expected = enhancer.StreamingEnhancer.from_tflite_file(exported[0])(noisy)
+  np.testing.assert_allclose(written, expected, rtol=0, atol=WAV_TOLERANCE)
+  assert np.max(np.abs(written - noisy)) > 100 * WAV_TOLERANCE  # the model did something
+
+
+def test_evaluate_cli_scores_the_exported_model(exported, tflite_cli_runs, corpus):
+  done = tflite_cli_runs["done"]["evaluate"]
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(tflite_cli_runs["tmp"] / "scores.json") as f:
+    report = json.load(f)
+  assert report["tflite"] == exported[0] and report["model_dir"] is None
+  assert report["streaming"] is True and report["summary"]["files"] == 1
+  examples = data.make_evaluation_set(corpus, "test", seed=0, max_files=1)
+  mine = evaluate.evaluate_examples(enhancer.make_enhancer(None, tflite=exported[0]), examples,
+                                    progress=False)
+  assert [e["name"] for e in report["per_file"]] == [e.name for e in examples]
+  for side in ("noisy", "enhanced"):
+    for name in metrics.METRIC_NAMES:
+      assert report["per_file"][0][side][name] == pytest.approx(
+          mine["per_file"][0][side][name], rel=1e-4, abs=1e-4)
+
+
+def test_tflite_without_its_frontend_file_is_a_clear_error(exported, tmp_path):
+  lone = tmp_path / "lone.tflite"
+  shutil.copy(exported[0], lone)
+  with pytest.raises(UserError, match=r"lone_frontend\.json' is missing.*tf_tinyse\.export"):
+    enhancer.make_enhancer(None, tflite=str(lone))
+  with pytest.raises(UserError, match=r"--tflite '.*absent\.tflite' does not exist"):
+    enhancer.StreamingEnhancer.from_tflite_file(str(tmp_path / "absent.tflite"))

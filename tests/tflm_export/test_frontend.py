@@ -109,3 +109,14 @@ def test_malformed_file_is_a_user_error(tmp_path, content):
 def test_frontend_path_is_named_after_the_tflite(tflite, expected, tmp_path):
   assert frontend.frontend_path(tflite) == expected
   assert frontend.frontend_path(tmp_path / tflite) == str(tmp_path / expected)
+
+
+def test_load_refuses_a_gain_of_the_wrong_length(tmp_path):
+  path = tmp_path / "m_frontend.json"
+  fe = frontend.Frontend(features.FeatureConfig(), np.ones(128, np.float32),
+                         np.zeros(128, np.float32))
+  d = fe.to_dict()
+  d["qeq_gain"] = [1.0]
+  path.write_text(json.dumps(d))
+  with pytest.raises(UserError, match="qeq_gain has shape"):
+    frontend.Frontend.load(str(path))
