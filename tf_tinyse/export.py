@@ -79,8 +79,7 @@ def _mixtures(corpus, data_config, split, max_files, seed):
 
 
 def _features(wave, feature_config):
-  spectra = features.stft(np.asarray(wave, np.float32)[None], feature_config)
-  return features.mel_features(spectra, feature_config).numpy()[0]
+  return features.waveform_features(np.asarray(wave, np.float32)[None], feature_config).numpy()[0]
 
 
 def validate(tflm, keras_streaming_model, fe, examples):

@@ -144,6 +144,11 @@ def mel_features(spectra, config):
   return tf.pow(mel + 1e-8, config.compression)
 
 
+def waveform_features(waves, config):
+  """[batch, samples] → mel features [batch, frames, bands] (`mel_features` of `stft`)."""
+  return mel_features(stft(waves, config), config)
+
+
 def mel_mask_to_linear(mask, config):
   """`Gᵀ M`: [batch, frames, bands] → [batch, frames, bins]."""
   return tf.matmul(mask, tf.constant(mel_matrix(config)))

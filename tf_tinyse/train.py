@@ -120,7 +120,7 @@ def calibrate_qeq(model, config, batches):
   """
   frames = []
   for noisy, _ in batches:
-    z = features.mel_features(features.stft(noisy, config.feature), config.feature)
+    z = features.waveform_features(noisy, config.feature)
     frames.append(tf.reshape(z, [-1, config.feature.num_bands]).numpy())
   frames = np.concatenate(frames)
   mean, std = frames.mean(axis=0), frames.std(axis=0) + 1e-3
@@ -140,7 +140,7 @@ def fit_qeq_into_quantization_range(model, config, batches, percentile=99.9):
   qeq = model.get_layer("qeq")
   outputs = []
   for noisy, _ in batches:
-    z = features.mel_features(features.stft(noisy, config.feature), config.feature)
+    z = features.waveform_features(noisy, config.feature)
     outputs.append(np.abs(qeq(z).numpy()).reshape(-1))
   k = max(1.0, float(np.percentile(np.concatenate(outputs), percentile)))
   gain, bias = qeq.get_weights()
