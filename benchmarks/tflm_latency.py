@@ -16,7 +16,6 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # pylint: disable=g-import-not-at-top
-import numpy as np
 
 import tf_tinyse  # pylint: disable=unused-import  (sets TF_USE_LEGACY_KERAS)
 from tf_tinyse import audio

@@ -59,6 +59,14 @@ class Context:
     self.eval_seed = eval_seed
     self.max_files = max_files
     self._test_examples = None
+    self._float_enhancer = None
+
+  @property
+  def float_enhancer(self):
+    """The trained float model, whole utterances; loaded once for all stages."""
+    if self._float_enhancer is None:
+      self._float_enhancer = enhancer_lib.Enhancer.from_model_dir(self.model_dir)
+    return self._float_enhancer
 
   @property
   def test_examples(self):
@@ -111,7 +119,7 @@ def _evaluate(ctx, report, key, enhance, description):
 
 
 def stage_evaluate_float(ctx, report):
-  _evaluate(ctx, report, "fp32", enhancer_lib.Enhancer.from_model_dir(ctx.model_dir),
+  _evaluate(ctx, report, "fp32", ctx.float_enhancer,
             "float32 Keras, whole utterances")
 
 
@@ -147,7 +155,7 @@ def stage_evaluate_tflm(ctx, report):
 
 def stage_streaming_check(ctx, report):
   """The frame-by-frame streaming model must give the whole-utterance output."""
-  whole = enhancer_lib.Enhancer.from_model_dir(ctx.model_dir)
+  whole = ctx.float_enhancer
   streaming = enhancer_lib.StreamingEnhancer.from_model_dir(ctx.model_dir)
   example = ctx.test_examples[0]
   difference = float(np.max(np.abs(whole(example.noisy) - streaming(example.noisy))))
@@ -159,7 +167,7 @@ def stage_streaming_check(ctx, report):
 
 
 def stage_examples(ctx, report):
-  enhance_float = enhancer_lib.Enhancer.from_model_dir(ctx.model_dir)
+  enhance_float = ctx.float_enhancer
   enhance_int8 = enhancer_lib.make_enhancer(_exported_model_dir(report, ctx),
                                             tflite=ctx.tflite_path)
   folder = os.path.join(ctx.output_dir, "examples")
