@@ -1,6 +1,6 @@
 """Real-time factor of enhancement: streaming (frame by frame) and whole utterance.
 
-For the demo model (LSTM 128x2) and the paper model (LSTM 256x2), with random weights (speed
+For the demo model (LSTM 192x2) and the paper model (LSTM 256x2), with random weights (speed
 does not depend on them), enhances a --seconds long utterance of real demo speech + noise:
   * streaming: the Keras streaming model, one 16 ms frame per call, as `enhance` does;
   * whole utterance: one pass of the training-form model over all frames.

@@ -1,6 +1,6 @@
 """Training speed of the TinyLSTM trainer with the real input pipeline, next to the pipeline.
 
-For the demo model (LSTM 128x2) and the paper model (LSTM 256x2), batch 32 of 0.8 s segments
+For the demo model (LSTM 192x2) and the paper model (LSTM 256x2), batch 32 of 0.8 s segments
 by default, prints training steps/s and seconds of audio trained per second over --steps steps
 after --warmup_steps, and how many batches/s the input pipeline alone produces. When the
 pipeline is not clearly faster than training, training is starved for data.

@@ -667,7 +667,7 @@ class Example:
 def make_evaluation_set(source: Union[Corpus, SplitFiles, AudioSet], split: str = "test",
                         seed: int = 0, max_files: Optional[int] = None, *,
                         snr_db_range: Sequence[float] = (-6.0, 9.0),
-                        skip_bad_audio: bool = False) -> list:
+                        skip_bad_audio: bool = False, mixtures_per_file: int = 1) -> list:
   """Whole-utterance (noisy, clean) examples, the same for the same seed.
 
   Speech/noise layout: each speech file is mixed with a noise file chosen by a seeded RNG,
@@ -680,7 +680,13 @@ def make_evaluation_set(source: Union[Corpus, SplitFiles, AudioSet], split: str 
   Args:
     source: a Corpus (then `split` picks the split), a split's files or an AudioSet.
     max_files: keep at most this many utterances, evenly spread over the sorted names.
+    mixtures_per_file: speech/noise layout: mix each utterance this many times, each with
+      its own noise, offset and SNR draw, named `<name>~mix<k>` for k ≥ 1 (the first mixture
+      is the one a single-mixture set holds). A small validation split then still averages
+      over many noises, so best-checkpoint selection is not decided by a few draws.
   """
+  if mixtures_per_file < 1:
+    raise ValueError(f"mixtures_per_file must be >= 1, got {mixtures_per_file}")
   if isinstance(source, Corpus):
     source = source.split(split)
   if isinstance(source, SplitFiles):
@@ -698,9 +704,11 @@ def make_evaluation_set(source: Union[Corpus, SplitFiles, AudioSet], split: str 
     if source.layout == PAIRS:
       examples.append(Example(name=name, noisy=source.noisy[i], clean=source.clean[i]))
       continue
-    # Seed by the file's name so that subsets and skipped files do not shift the draws.
-    rng = np.random.default_rng([seed, _stable_hash(name)])
-    examples.append(_mix_utterance(name, source, i, rng, snr_db_range))
+    for k in range(mixtures_per_file):
+      # Seed by the file's name so that subsets and skipped files do not shift the draws.
+      rng = np.random.default_rng([seed, _stable_hash(name)] + ([k] if k else []))
+      examples.append(_mix_utterance(name + (f"~mix{k}" if k else ""), source, i, rng,
+                                     snr_db_range))
   return examples
 
 

@@ -86,7 +86,8 @@ def _train(ctx, config, model_dir, steps, learning_rate, init_from=None):
       checkpoint_every=FLAGS.checkpoint_every, validate_every=FLAGS.validate_every,
       max_validation_files=FLAGS.max_validation_files, log_every=FLAGS.log_every,
       strategy=train.make_strategy(FLAGS.strategy), init_from=init_from,
-      final_learning_rate_fraction=FLAGS.final_learning_rate_fraction)
+      final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
+      validation_mixtures=FLAGS.validation_mixtures)
   _, model = model_lib.load_trained(model_dir)
   return {"steps": result["step"], "resumed_from_step": result["resumed_from"],
           "best_validation": result["best"], "wall_seconds_this_run": time.time() - started,

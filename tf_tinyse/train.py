@@ -38,6 +38,9 @@ flags.DEFINE_float("clip_norm", 3.0, "Global gradient-norm clipping.")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints.")
 flags.DEFINE_integer("validate_every", 500, "Steps between validations (also at the end).")
 flags.DEFINE_integer("max_validation_files", 16, "Validation utterances scored each time.")
+flags.DEFINE_integer("validation_mixtures", 1, "Noisy mixtures of each validation utterance "
+                     "(speech + noise layout), each with its own noise and SNR: more makes "
+                     "best-checkpoint selection on a small validation split less of a coin toss.")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalars.")
 flags.DEFINE_integer("seed", 0, "Seed for weights and the data stream: same seed, same run.")
 flags.DEFINE_string("init_from", None, "Start a new run from the best weights of this model_dir "
@@ -45,7 +48,8 @@ flags.DEFINE_string("init_from", None, "Start a new run from the best weights of
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy: one device, all local GPUs (MirroredStrategy), or "
                   "several machines from TF_CONFIG (MultiWorkerMirroredStrategy).")
-for _name in ("steps", "checkpoint_every", "validate_every", "max_validation_files", "log_every"):
+for _name in ("steps", "checkpoint_every", "validate_every", "max_validation_files", "log_every",
+              "validation_mixtures"):
   flags.register_validator(_name, lambda v: v is not None and v > 0,
                            message=f"--{_name} must be a positive integer")
 flags.register_validator("learning_rate", lambda v: v > 0, message="--learning_rate must be > 0")
@@ -207,7 +211,7 @@ def check_config_matches(model_dir, config):
 def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1e-3,
           clip_norm=3.0, checkpoint_every=200, validate_every=500, max_validation_files=16,
           log_every=50, strategy=None, progress=True, init_from=None,
-          final_learning_rate_fraction=0.1):
+          final_learning_rate_fraction=0.1, validation_mixtures=1):
   """Trains (or resumes) up to `steps` total steps. Returns a summary dict."""
   strategy = strategy or tf.distribute.get_strategy()
   check_config_matches(model_dir, config)
@@ -231,7 +235,7 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
   validation = data.make_evaluation_set(
       corpus, "valid", seed=seed, max_files=max_validation_files,
       snr_db_range=(data_config.snr_db_min, data_config.snr_db_max),
-      skip_bad_audio=data_config.skip_bad_audio)
+      skip_bad_audio=data_config.skip_bad_audio, mixtures_per_file=validation_mixtures)
   dataset = data.make_training_dataset(train_data, data_config, seed=seed, start_step=start_step)
   # A separate, seed-derived stream: the training stream stays a function of the step.
   calibration = data.make_training_dataset(train_data, data_config, seed=seed + 1).take(
@@ -312,7 +316,8 @@ def main(argv):
                  checkpoint_every=FLAGS.checkpoint_every, validate_every=FLAGS.validate_every,
                  max_validation_files=FLAGS.max_validation_files, log_every=FLAGS.log_every,
                  strategy=strategy, init_from=FLAGS.init_from,
-                 final_learning_rate_fraction=FLAGS.final_learning_rate_fraction)
+                 final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
+                 validation_mixtures=FLAGS.validation_mixtures)
   best = result["best"] or {}
   print(f"trained to step {result['step']} (started at {result['resumed_from']}); "
         f"best validation SI-SDR {best.get('si_sdr', float('nan')):.2f} dB at step "

@@ -312,6 +312,28 @@ def test_evaluation_set_is_deterministic_and_mixed_at_range(small_corpus):
   np.testing.assert_array_equal(subset[0].noisy, match.noisy)
 
 
+def test_evaluation_set_mixes_each_utterance_several_times(small_corpus):
+  corpus = data.discover_corpus(small_corpus)
+  single = data.make_evaluation_set(corpus, "test", seed=5)
+  multi = data.make_evaluation_set(corpus, "test", seed=5, mixtures_per_file=3)
+  assert len(multi) == 3 * len(single)
+  for i, one in enumerate(single):
+    first, *more = multi[3 * i:3 * i + 3]
+    # The first mixture is the single-mixture example: raising the count keeps old scores.
+    assert first.name == one.name and first.snr_db == one.snr_db
+    np.testing.assert_array_equal(first.noisy, one.noisy)
+    assert [e.name for e in more] == [f"{one.name}~mix1", f"{one.name}~mix2"]
+    for e in more:
+      np.testing.assert_allclose(e.clean / np.abs(e.clean).max(),
+                                 one.clean / np.abs(one.clean).max(), atol=1e-6)
+      assert not np.array_equal(e.noisy, one.noisy)
+      assert -6 <= e.snr_db <= 9
+      assert _measured_snr(e.noisy, e.clean) == pytest.approx(e.snr_db, abs=0.1)
+  assert len({e.snr_db for e in multi}) == len(multi)
+  with pytest.raises(ValueError, match="mixtures_per_file"):
+    data.make_evaluation_set(corpus, "test", mixtures_per_file=0)
+
+
 def test_evaluation_set_pairs_returns_pairs(tmp_path):
   clips = _demo("speech", "test")[:2]
   _write_crops(str(tmp_path / "clean" / "test"), clips, seconds=1.0)

@@ -1,0 +1,64 @@
+"""The shipped flagfiles in configs/: each one parses with the flags of the main job.
+
+A typo in a flagfile (an unknown or renamed flag, a bad value) would otherwise surface only
+when a user runs it. All configs are parsed in one child process (flags are process-global
+and importing TensorFlow costs seconds).
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")))
+
+_PARSE_ALL = """
+import json, sys
+from absl import flags
+from tf_tinyse import data, model, pipeline
+FLAGS = flags.FLAGS
+out = {}
+for path in sys.argv[1:]:
+  FLAGS.unparse_flags()
+  FLAGS(["pipeline", "--flagfile=" + path])
+  config = model.ModelConfig.from_flags()
+  data_config = data.DataConfig.from_flags()
+  out[path] = {"parameters": model.count_parameters(model.build_mask_model(config)),
+               "lstm_units": list(config.lstm_units), "bands": config.feature.num_bands,
+               "quantize": config.quantize, "batch_size": data_config.batch_size,
+               "snr_db": [data_config.snr_db_min, data_config.snr_db_max],
+               "steps": FLAGS.steps}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def parsed():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
+  result = subprocess.run([sys.executable, "-c", _PARSE_ALL, *CONFIGS], capture_output=True,
+                          text=True, env=env, cwd=ROOT, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return {os.path.basename(k): v for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+
+
+def test_every_config_parses(parsed):
+  assert set(parsed) == {os.path.basename(p) for p in CONFIGS}
+  assert {"demo.cfg", "paper.cfg", "paper_int8.cfg"} <= set(parsed)
+  for values in parsed.values():
+    assert values["parameters"] > 0 and values["steps"] > 0
+    assert values["snr_db"] == [-6.0, 9.0]  # the method's training SNR range
+
+
+def test_paper_config_is_the_papers_model(parsed):
+  paper = parsed["paper.cfg"]
+  assert paper["lstm_units"] == [256, 256] and paper["bands"] == 128
+  assert paper["parameters"] == pytest.approx(0.97e6, rel=0.01)
+  assert not paper["quantize"] and parsed["paper_int8.cfg"]["quantize"]
+  assert parsed["paper_int8.cfg"]["parameters"] == paper["parameters"]
+
+
+def test_demo_config_is_smaller_than_the_paper(parsed):
+  assert parsed["demo.cfg"]["parameters"] < parsed["paper.cfg"]["parameters"]
