@@ -13,11 +13,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import tf_tinyse  # pylint: disable=g-import-not-at-top,unused-import  (TF_USE_LEGACY_KERAS, console)
 from absl import flags  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 import tf_keras as keras
 
-import tf_tinyse  # pylint: disable=unused-import  (sets TF_USE_LEGACY_KERAS)
 from benchmarks import model_configs
 from tf_tinyse import cli
 from tf_tinyse import data
@@ -27,15 +27,33 @@ from tf_tinyse import train
 
 flags.DEFINE_integer("warmup_steps", 5, "Steps run before timing (tracing, pipeline fill).")
 flags.DEFINE_integer("timed_steps", 30, "Steps timed.")
+flags.DEFINE_integer("intra_op_threads", 0, "Threads one op (a matmul) may use; 0: TensorFlow's "
+                     "default (all cores).")
+flags.DEFINE_integer("inter_op_threads", 0, "Ops run at the same time; 0: TensorFlow's default.")
+flags.DEFINE_integer("private_threadpool_size", 0, "If > 0, the input pipeline runs on its own "
+                     "thread pool of this size instead of TensorFlow's inter-op pool.")
+flags.DEFINE_list("models", ["demo", "paper"], "Model sizes timed (keys: the first word of a "
+                  "label in benchmarks/model_configs.py).")
+flags.DEFINE_boolean("time_pipeline", True, "Also time the input pipeline alone.")
 
 FLAGS = flags.FLAGS
 
 CONFIGS = model_configs.CONFIGS
 
 
+def training_dataset(audio_set, data_config):
+  """The training pipeline, on a private thread pool if --private_threadpool_size > 0."""
+  dataset = data.make_training_dataset(audio_set, data_config, seed=0)
+  if FLAGS.private_threadpool_size > 0:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = FLAGS.private_threadpool_size
+    dataset = dataset.with_options(options)
+  return dataset
+
+
 def pipeline_rate(audio_set, data_config, warmup, timed):
   """Batches per second the input pipeline produces on its own."""
-  iterator = iter(data.make_training_dataset(audio_set, data_config, seed=0))
+  iterator = iter(training_dataset(audio_set, data_config))
   for _ in range(warmup):
     next(iterator)
   start = time.perf_counter()
@@ -45,22 +63,28 @@ def pipeline_rate(audio_set, data_config, warmup, timed):
 
 
 def train_rate(config, audio_set, data_config, warmup, timed):
-  """Training steps per second, fed by the real pipeline (as train.train does)."""
+  """(training steps/s, parameters, CPU % of one core), fed by the real pipeline (as train.train
+  does)."""
   keras.utils.set_random_seed(0)
   trainer = train.Trainer(config, tf.distribute.get_strategy(),
                           global_batch_size=data_config.batch_size)
-  iterator = iter(data.make_training_dataset(audio_set, data_config, seed=0))
+  iterator = iter(training_dataset(audio_set, data_config))
   for _ in range(warmup):
     float(trainer.train_step(next(iterator)))
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(timed):
     # float() waits for the step, as the training loop does to check the loss.
     float(trainer.train_step(next(iterator)))
-  return timed / (time.perf_counter() - start), model_lib.count_parameters(trainer.model)
+  seconds = time.perf_counter() - start
+  cpu_percent = 100 * (time.process_time() - cpu_start) / seconds
+  return timed / seconds, model_lib.count_parameters(trainer.model), cpu_percent
 
 
 def main(argv):
   del argv
+  # Before TensorFlow's runtime starts (the first op).
+  tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
+  tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
   data_config = data.DataConfig.from_flags()
   corpus = data.discover_corpus(FLAGS.data_dir or demo_data.path(),
                                 data_config.validation_fraction)
@@ -69,15 +93,24 @@ def main(argv):
   print(f"batch {data_config.batch_size} x {data_config.segment_seconds} s, "
         f"{FLAGS.timed_steps} timed steps after {FLAGS.warmup_steps}, {os.cpu_count()} CPU "
         f"cores, GPUs: {len(tf.config.list_physical_devices('GPU'))}, TensorFlow {tf.__version__}")
-  rate = pipeline_rate(audio_set, data_config, FLAGS.warmup_steps, FLAGS.timed_steps)
-  print(f"{'input pipeline alone':32s} {rate:7.2f} batches/s  "
-        f"{rate * seconds_per_batch:8.1f} s of audio/s")
+  calls = data_config.data_parallel_calls
+  print(f"threads: intra-op {FLAGS.intra_op_threads or 'default'}, inter-op "
+        f"{FLAGS.inter_op_threads or 'default'}, input pipeline "
+        f"{FLAGS.private_threadpool_size or 'shared'} pool, data_parallel_calls "
+        f"{'AUTOTUNE' if calls == tf.data.AUTOTUNE else calls}")
+  rate = None
+  if FLAGS.time_pipeline:
+    rate = pipeline_rate(audio_set, data_config, FLAGS.warmup_steps, FLAGS.timed_steps)
+    print(f"{'input pipeline alone':32s} {rate:7.2f} batches/s  "
+          f"{rate * seconds_per_batch:8.1f} s of audio/s")
   for label, config in CONFIGS.items():
-    steps, params = train_rate(config, audio_set, data_config, FLAGS.warmup_steps,
-                               FLAGS.timed_steps)
-    starved = "  (pipeline < 2x training: may starve)" if rate < 2 * steps else ""
+    if label.split()[0] not in FLAGS.models:
+      continue
+    steps, params, cpu = train_rate(config, audio_set, data_config, FLAGS.warmup_steps,
+                                    FLAGS.timed_steps)
+    starved = "  (pipeline < 2x training: may starve)" if rate and rate < 2 * steps else ""
     print(f"{label:32s} {steps:7.2f} steps/s    {steps * seconds_per_batch:8.1f} s of audio/s  "
-          f"{params:,} parameters{starved}")
+          f"{params:,} parameters, CPU {cpu:.0f} %{starved}")
 
 
 if __name__ == "__main__":

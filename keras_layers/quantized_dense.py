@@ -6,9 +6,10 @@ tf_keras Dense's (`kernel` [in, units], `bias` [units]), so the export model tak
 with `plain_dense.set_weights(quantized_dense.get_weights())` and the converter
 re-derives the same per-channel scales from them.
 
-Pruning hook: `transform_kernel(kernel)` is the identity here. A sparse subclass owns
-its mask variable (created in `build`) and overrides it to return `kernel * mask`; the
-kernel quantizer then sees the masked matrix, like the converter will.
+Pruning hooks: `transform_kernel(kernel)` and `transform_bias(bias)` are the identity here. A
+sparse subclass (`keras_layers.sparse_dense`) overrides them to return the masked kernel (and,
+for a pruned unit, the masked bias); the kernel quantizer then sees the masked matrix, like the
+converter will. `forward_weights()` gives what the forward pass uses, in tf_keras Dense order.
 """
 import tensorflow as tf
 import tf_keras as keras
@@ -49,6 +50,21 @@ class QuantizedDense(keras.layers.Dense):
     """Hook applied to the kernel before quantization (identity; pruning masks here)."""
     return kernel
 
+  def transform_bias(self, bias):
+    """Hook on the bias (identity; a pruned unit's bias is masked here)."""
+    return bias
+
+  def get_prunable_weights(self):
+    """tfmot's `PrunableLayer` interface (`tf_tinyse.tfmot_pruning`): the kernel, which
+    `prune_low_magnitude` masks by assigning the masked values to it."""
+    return [self.kernel]
+
+  def forward_weights(self):
+    """[kernel(, bias)] as numpy, as the forward pass uses them (tf_keras Dense order)."""
+    weights = [self.quantized_kernel()] + ([self.transform_bias(self.bias)] if self.use_bias
+                                           else [])
+    return [w.numpy() for w in weights]
+
   def quantized_kernel(self):
     """The kernel as the forward pass uses it (transformed, then fake-quantized)."""
     kernel = self.transform_kernel(self.kernel)
@@ -61,7 +77,7 @@ class QuantizedDense(keras.layers.Dense):
     # matmul broadcasts a [in, units] kernel over [batch, time, in] inputs.
     outputs = tf.matmul(inputs, self.quantized_kernel())
     if self.use_bias:
-      outputs = tf.nn.bias_add(outputs, self.bias)
+      outputs = tf.nn.bias_add(outputs, self.transform_bias(self.bias))
     if self.preactivation_quantizer is not None:
       outputs = self.preactivation_quantizer(outputs)
     if self.activation is not None:

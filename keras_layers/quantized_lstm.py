@@ -14,10 +14,13 @@ Weights have the layout and names of a tf_keras LSTM (`kernel` [in, 4u],
 `recurrent_kernel` [u, 4u], `bias` [4u], gate order i, f, c, o), so an export model's
 plain `tf_keras.layers.LSTM` takes them with `set_weights(get_weights())`.
 
-Pruning hook: `QuantizedLSTMCell.transform_weights(kernel, recurrent_kernel)` is the
-identity here; a sparse subclass creates its mask variables in `build` and overrides it
-to return the masked matrices. The quantizers then see the masked weights, so the
-per-gate scales are those the converter will compute from the pruned weights.
+Pruning hooks: `QuantizedLSTMCell.transform_weights(kernel, recurrent_kernel)` and
+`transform_bias(bias)` are the identity here; a sparse subclass (`keras_layers.sparse_lstm`)
+overrides them to return the masked matrices and bias. The quantizers then see the masked
+weights, so the per-gate scales are those the converter will compute from the pruned weights.
+`forward_weights()` gives the weights as the forward pass uses them, in tf_keras LSTM order:
+what the export and parameter counts read, whatever extra (mask, threshold) variables a
+subclass holds.
 """
 import tensorflow as tf
 import tf_keras as keras
@@ -68,6 +71,14 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
     """Hook applied before quantization (identity; pruning masks go here)."""
     return kernel, recurrent_kernel
 
+  def transform_bias(self, bias):
+    """Hook on the gate biases (identity; a pruned unit's biases are masked here)."""
+    return bias
+
+  def forward_bias(self):
+    """The bias as the forward pass uses it (None without a bias)."""
+    return self.transform_bias(self.bias) if self.use_bias else None
+
   def quantized_weights(self):
     """(kernel, recurrent_kernel) as the forward pass uses them."""
     kernel, recurrent_kernel = self.transform_weights(self.kernel, self.recurrent_kernel)
@@ -79,10 +90,11 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
 
   def call(self, inputs, states, training=None):
     h_prev, c_prev = states[0], states[1]
-    kernel, recurrent_kernel = self._weights_for_call or self.quantized_weights()
+    kernel, recurrent_kernel, bias = (self._weights_for_call or
+                                      (*self.quantized_weights(), self.forward_bias()))
     z = tf.matmul(inputs, kernel) + tf.matmul(h_prev, recurrent_kernel)
-    if self.use_bias:
-      z = tf.nn.bias_add(z, self.bias)
+    if bias is not None:
+      z = tf.nn.bias_add(z, bias)
     z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
     i = self.recurrent_activation(z_i)
     f = self.recurrent_activation(z_f)
@@ -125,6 +137,8 @@ class QuantizedLSTM(keras.layers.RNN):
       constraints, unit_forget_bias: as tf_keras LSTM.
   """
 
+  cell_class = QuantizedLSTMCell
+
   def __init__(self, units, return_sequences=True, return_state=False, stateful=False,
                kernel_quantizer="default", recurrent_quantizer="default",
                output_quantizer="default", cell_quantizer=None, input_quantizer=None,
@@ -132,9 +146,10 @@ class QuantizedLSTM(keras.layers.RNN):
                kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                bias_initializer="zeros", unit_forget_bias=True, kernel_regularizer=None,
                recurrent_regularizer=None, bias_regularizer=None, kernel_constraint=None,
-               recurrent_constraint=None, bias_constraint=None, **kwargs):
-    cell = QuantizedLSTMCell(
-        units, kernel_quantizer=kernel_quantizer, recurrent_quantizer=recurrent_quantizer,
+               recurrent_constraint=None, bias_constraint=None, cell_options=None, **kwargs):
+    # cell_options: extra keyword arguments of a subclass's `cell_class` (e.g. sparsity).
+    cell = self.cell_class(
+        units, **(cell_options or {}), kernel_quantizer=kernel_quantizer, recurrent_quantizer=recurrent_quantizer,
         output_quantizer=output_quantizer, cell_quantizer=cell_quantizer,
         activation=activation, recurrent_activation=recurrent_activation, use_bias=use_bias,
         kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
@@ -153,11 +168,24 @@ class QuantizedLSTM(keras.layers.RNN):
   def units(self):
     return self.cell.units
 
+  def get_prunable_weights(self):
+    """tfmot's `PrunableLayer` interface (`tf_tinyse.tfmot_pruning`): the matrices that
+    `prune_low_magnitude` masks, by assigning the masked values to these variables."""
+    return [self.cell.kernel, self.cell.recurrent_kernel]
+
+  def forward_weights(self):
+    """[kernel, recurrent_kernel(, bias)] as numpy, as the forward pass uses them (masked,
+    on the int8 grid), in the order a tf_keras LSTM's `set_weights` takes."""
+    kernel, recurrent_kernel = self.cell.quantized_weights()
+    bias = self.cell.forward_bias()
+    return [w.numpy() for w in (kernel, recurrent_kernel, bias) if w is not None]
+
   def call(self, inputs, mask=None, training=None, initial_state=None):
     if self.input_quantizer is not None:
       inputs = self.input_quantizer(inputs)
     # Quantize the weights once for the whole sequence; the cell's step reads them.
-    object.__setattr__(self.cell, "_weights_for_call", self.cell.quantized_weights())
+    object.__setattr__(self.cell, "_weights_for_call",
+                       (*self.cell.quantized_weights(), self.cell.forward_bias()))
     try:
       return super().call(inputs, mask=mask, training=training, initial_state=initial_state)
     finally:

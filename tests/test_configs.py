@@ -30,7 +30,13 @@ for path in sys.argv[1:]:
                "lstm_units": list(config.lstm_units), "bands": config.feature.num_bands,
                "quantize": config.quantize, "batch_size": data_config.batch_size,
                "snr_db": [data_config.snr_db_min, data_config.snr_db_max],
-               "steps": FLAGS.steps}
+               "steps": FLAGS.steps, "structure": config.sparsity_structure,
+               "block_size": config.block_size, "pruning": config.pruning,
+               "target": FLAGS.target_sparsity,
+               "kernel_weights": sum(int(w.shape.num_elements())
+                                     for w in model.build_mask_model(config).weights
+                                     if w.name.split("/")[-1].startswith(("kernel:",
+                                                                          "recurrent_kernel:")))}
 print(json.dumps(out))
 """
 
@@ -62,3 +68,19 @@ def test_paper_config_is_the_papers_model(parsed):
 
 def test_demo_config_is_smaller_than_the_paper(parsed):
   assert parsed["demo.cfg"]["parameters"] < parsed["paper.cfg"]["parameters"]
+
+
+# Table 1 of the paper: parameters (M) of the online-pruned INT8 models.
+TABLE_1 = {("weight", 1): 0.50, ("weight", 2): 0.29, ("weight", 3): 0.09,
+           ("block", 1): 0.58, ("block", 2): 0.25, ("block", 3): 0.09}
+
+
+@pytest.mark.parametrize("structure, row", sorted(TABLE_1))
+def test_table_1_configs_prune_the_paper_model_to_its_size(parsed, structure, row):
+  values = parsed[f"paper_online_{structure}_{row}.cfg"]
+  assert values["structure"] == structure and values["pruning"] == "online"
+  assert values["quantize"] and values["lstm_units"] == [256, 256]
+  assert values["block_size"] == 8
+  other = values["parameters"] - values["kernel_weights"]  # biases and QEQ, never pruned
+  kept = values["kernel_weights"] * (1 - values["target"]) + other
+  assert kept / 1e6 == pytest.approx(TABLE_1[structure, row], abs=0.005)

@@ -32,6 +32,7 @@ from tf_tinyse import export
 from tf_tinyse import fileio
 from tf_tinyse import metrics
 from tf_tinyse import model as model_lib
+from tf_tinyse import sparsity
 from tf_tinyse import train
 from tf_tinyse.errors import UserError
 
@@ -78,7 +79,7 @@ class Context:
     return self._test_examples
 
 
-def _train(ctx, config, model_dir, steps, learning_rate, init_from=None):
+def _train(ctx, config, model_dir, steps, learning_rate, init_from=None, sparsity_schedule=None):
   started = time.time()
   result = train.train(
       config, ctx.data_config, ctx.corpus, model_dir, steps,
@@ -87,7 +88,7 @@ def _train(ctx, config, model_dir, steps, learning_rate, init_from=None):
       max_validation_files=FLAGS.max_validation_files, log_every=FLAGS.log_every,
       strategy=train.make_strategy(FLAGS.strategy), init_from=init_from,
       final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
-      validation_mixtures=FLAGS.validation_mixtures)
+      validation_mixtures=FLAGS.validation_mixtures, sparsity_schedule=sparsity_schedule)
   _, model = model_lib.load_trained(model_dir)
   return {"steps": result["step"], "resumed_from_step": result["resumed_from"],
           "best_validation": result["best"], "wall_seconds_this_run": time.time() - started,
@@ -96,7 +97,9 @@ def _train(ctx, config, model_dir, steps, learning_rate, init_from=None):
 
 def stage_train(ctx, report):
   """Float training from scratch."""
-  report["train"] = _train(ctx, ctx.model_config, ctx.model_dir, FLAGS.steps,
+  # With sparsity flags the float model stays dense: pruning happens while the quantization-
+  # aware fine-tuning starts from it (the fast path on a CPU).
+  report["train"] = _train(ctx, ctx.model_config.dense(), ctx.model_dir, FLAGS.steps,
                            FLAGS.learning_rate)
 
 
@@ -107,7 +110,13 @@ def stage_quantization_aware_training(ctx, report):
     return
   config = dataclasses.replace(ctx.model_config, quantize=True)
   report["qat"] = _train(ctx, config, ctx.qat_model_dir, FLAGS.qat_steps,
-                         FLAGS.qat_learning_rate, init_from=ctx.model_dir)
+                         FLAGS.qat_learning_rate, init_from=ctx.model_dir,
+                         sparsity_schedule=train.check_sparsity_flags(config, ctx.model_dir,
+                                                                      FLAGS.qat_steps))
+  if config.sparsity_structure is not None:
+    report["qat"]["sparsity"] = {
+        k: v for k, v in sparsity.measure(model_lib.load_trained(ctx.qat_model_dir)[1]).items()
+        if k != "layers"}
 
 
 def _evaluate(ctx, report, key, enhance, description):
@@ -199,6 +208,10 @@ def print_report(report):
     if info:
       print(f"{'float training' if key == 'train' else 'QAT fine-tuning'}: {info['steps']} "
             f"steps, {info['parameters']:,} parameters -> {info['model_dir']}")
+      if info.get("sparsity"):
+        print(f"  pruned to sparsity {info['sparsity']['pruned']:.3f} (zero kernel weights "
+              f"{info['sparsity']['overall']:.3f}, {info['sparsity']['nonzero_weights']:,} "
+              "non-zero kernel weights)")
   for key, entry in report["evaluation"].items():
     print(f"\n{entry['model']} — test split, {entry['summary']['files']} utterances:")
     print(metrics.format_table(entry["summary"]))
@@ -219,7 +232,18 @@ def main(argv):
   if not data_dir:
     data_dir = demo_data.path()
     logging.info("no --data_dir: using the built-in demo corpus %s", data_dir)
-  ctx = Context(FLAGS.output_dir, data_dir, model_lib.ModelConfig.from_flags(),
+  model_config = model_lib.ModelConfig.from_flags()
+  if model_config.sparsity_structure is not None:
+    if model_config.pruning == sparsity.OFFLINE:
+      raise UserError("the main job prunes during quantization-aware fine-tuning (--pruning="
+                      "online or tfmot); prune a trained model offline with python -m "
+                      "tf_tinyse.prune_offline")
+    if FLAGS.qat_steps <= 0:
+      raise UserError("--sparsity_structure needs --qat_steps > 0: the main job prunes while "
+                      "it fine-tunes the float model with quantization")
+    train.check_sparsity_flags(dataclasses.replace(model_config, quantize=True), None,
+                               FLAGS.qat_steps)
+  ctx = Context(FLAGS.output_dir, data_dir, model_config,
                 data.DataConfig.from_flags(), FLAGS.eval_seed, FLAGS.max_files)
   os.makedirs(ctx.model_dir, exist_ok=True)
   report = {"data_dir": data_dir, "output_dir": ctx.output_dir,

@@ -22,12 +22,14 @@ import tqdm
 
 from tf_tinyse import cli
 from tf_tinyse import data
+from tf_tinyse import demo_data
 from tf_tinyse import enhancer
 from tf_tinyse import features
 from tf_tinyse import fileio
 from tf_tinyse import losses
 from tf_tinyse import metrics
 from tf_tinyse import model as model_lib
+from tf_tinyse import sparsity
 from tf_tinyse.errors import UserError
 
 flags.DEFINE_integer("steps", 2000, "Total training steps (a resumed run stops at the same total).")
@@ -55,7 +57,7 @@ for _name in ("steps", "checkpoint_every", "validate_every", "max_validation_fil
 flags.register_validator("learning_rate", lambda v: v > 0, message="--learning_rate must be > 0")
 
 FLAGS = flags.FLAGS
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = model_lib.CHECKPOINTS
 BEST_INFO = os.path.join("best", "info.json")
 QEQ_CALIBRATION_BATCHES = 4
 
@@ -76,23 +78,48 @@ class Trainer:
   """Model, optimizer and the distributed train step; knows nothing of files."""
 
   def __init__(self, config, strategy, learning_rate=1e-3, clip_norm=3.0, global_batch_size=32,
-               decay_steps=None, final_learning_rate_fraction=1.0):
+               decay_steps=None, final_learning_rate_fraction=1.0, sparsity_schedule=None):
     self.config = config
     self.strategy = strategy
     self.global_batch_size = global_batch_size
+    # Online pruning: the sparsity loss steers the learned thresholds to the schedule's target.
+    self.sparsity_schedule = (sparsity_schedule if config.has_masks and
+                              config.pruning == sparsity.ONLINE else None)
     with strategy.scope():
       self.model = model_lib.build_mask_model(config)
+      # What the train step runs and checkpoints hold: for --pruning=tfmot the same layers in
+      # tfmot's pruning wrappers (with masks and pruning step), else the model itself.
+      self.train_model, self._stripped = self.model, None
+      if config.pruning == sparsity.TFMOT and config.sparsity_structure is not None:
+        from tf_tinyse import tfmot_pruning  # pylint: disable=g-import-not-at-top
+        self.train_model = tfmot_pruning.wrap(self.model, config, sparsity_schedule)
+        self._stripped = model_lib.build_mask_model(config)
       if decay_steps and final_learning_rate_fraction < 1.0:
         # A function of the optimizer's step counter, which checkpoints restore.
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps, alpha=final_learning_rate_fraction)
       self.optimizer = keras.optimizers.Adam(learning_rate, global_clipnorm=clip_norm)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+      # The online sparsity loss's multiplier adapts: it grows while the network is off the
+      # scheduled target, until the sparsity term outweighs the enhancement loss's pull on
+      # the thresholds, and shrinks back (to --sparsity_loss_weight) while it is at the target.
+      self.sparsity_multiplier = tf.Variable(
+          sparsity_schedule.loss_weight if sparsity_schedule else 1.0, trainable=False,
+          name="sparsity_multiplier", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       # Creating the slots now lets a checkpoint restore them before the first step.
       self.optimizer.build(self.model.trainable_variables)
 
+  def final_model(self):
+    """The model as validated, measured and saved: for tfmot the stripped model (a plain
+    copy with the masks applied; the training variables are left as they are)."""
+    if self._stripped is None:
+      return self.model
+    from tf_tinyse import tfmot_pruning  # pylint: disable=g-import-not-at-top
+    return tfmot_pruning.strip(self.train_model, self._stripped)
+
   def per_example_loss(self, noisy, clean):
-    enhanced, _ = enhancer.enhance_batch(self.model, noisy, self.config.feature, training=True)
+    enhanced, _ = enhancer.enhance_batch(self.train_model, noisy, self.config.feature,
+                                         training=True)
     return losses.per_example_loss(features.stft(clean, self.config.feature),
                                    features.stft(enhanced, self.config.feature),
                                    self.config.feature.compression)
@@ -102,13 +129,28 @@ class Trainer:
       per_example = self.per_example_loss(noisy, clean)
       # Divide by the global batch so that summing over replicas gives the mean.
       loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
-    grads = tape.gradient(loss, self.model.trainable_variables)
+      total = loss
+      if self.sparsity_schedule is not None:
+        target = self.sparsity_schedule.target_at(self.step)
+        term, _, active = sparsity.sparsity_loss(self.model, target)
+        total += self.sparsity_multiplier * term / self.strategy.num_replicas_in_sync
+        self.sparsity_multiplier.assign(tf.where(
+            active > 0, tf.minimum(self.sparsity_multiplier * sparsity.MULTIPLIER_GROWTH,
+                                      sparsity.MULTIPLIER_MAX),
+            tf.maximum(self.sparsity_multiplier / sparsity.MULTIPLIER_GROWTH,
+                       self.sparsity_schedule.loss_weight)))
+    grads = tape.gradient(total, self.model.trainable_variables)
     self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
     return loss
 
   @tf.function
   def train_step(self, batch):
     noisy, clean = batch
+    if self._stripped is not None:
+      # tfmot's wrappers add 1 to their pruning_step in the forward pass: starting from the
+      # global step, they mask at the step this one ends at (as with UpdatePruningStep).
+      from tf_tinyse import tfmot_pruning  # pylint: disable=g-import-not-at-top
+      tfmot_pruning.set_step(self.train_model, self.step)
     per_replica = self.strategy.run(self._replica_step, args=(noisy, clean))
     self.step.assign_add(1)
     return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
@@ -198,6 +240,13 @@ def _save_best(model, model_dir, info):
   fileio.write_json_atomic(os.path.join(model_dir, BEST_INFO), info)
 
 
+def _at_target(model, schedule, step):
+  """Past the end of the schedule, and the masks within tolerance of the target."""
+  if step < schedule.end_step:
+    return False
+  return abs(sparsity.measure(model)["pruned"] - schedule.target) <= sparsity.TARGET_TOLERANCE
+
+
 def check_config_matches(model_dir, config):
   """A resumed run must rebuild the same model it checkpointed."""
   if not os.path.isfile(os.path.join(model_dir, model_lib.CONFIG_FILE)):
@@ -211,20 +260,30 @@ def check_config_matches(model_dir, config):
 def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1e-3,
           clip_norm=3.0, checkpoint_every=200, validate_every=500, max_validation_files=16,
           log_every=50, strategy=None, progress=True, init_from=None,
-          final_learning_rate_fraction=0.1, validation_mixtures=1):
-  """Trains (or resumes) up to `steps` total steps. Returns a summary dict."""
+          final_learning_rate_fraction=0.1, validation_mixtures=1, sparsity_schedule=None):
+  """Trains (or resumes) up to `steps` total steps. Returns a summary dict.
+
+  `sparsity_schedule` (`sparsity.Schedule`): the target sparsity over the steps for a pruned
+  `config` (online: the sparsity loss follows it; the best checkpoint is only picked among
+  validations at the final target). sparsity.json in `model_dir` describes best/.
+  """
   strategy = strategy or tf.distribute.get_strategy()
   check_config_matches(model_dir, config)
   keras.utils.set_random_seed(seed)
+  if config.sparsity_structure is not None and sparsity_schedule is None:
+    sparsity_schedule = sparsity.Schedule(end_step=max(1, int(0.6 * steps)))
   trainer = Trainer(config, strategy, learning_rate, clip_norm, data_config.batch_size,
-                    decay_steps=steps, final_learning_rate_fraction=final_learning_rate_fraction)
-  checkpoint = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
-                                   step=trainer.step)
+                    decay_steps=steps, final_learning_rate_fraction=final_learning_rate_fraction,
+                    sparsity_schedule=sparsity_schedule)
+  checkpoint = tf.train.Checkpoint(model=trainer.train_model, optimizer=trainer.optimizer,
+                                   step=trainer.step,
+                                   sparsity_multiplier=trainer.sparsity_multiplier)
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINTS),
                                        max_to_keep=3)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step.numpy()))
+  # The newest checkpoint that reads: one cut short (full disk, killed copy) is skipped.
+  restored = model_lib.restore_newest_checkpoint(checkpoint, manager.directory)
+  if restored:
+    logging.info("resumed from %s at step %d", restored, int(trainer.step.numpy()))
   model_lib.save_config(model_dir, config)
   start_step = int(trainer.step.numpy())
   if start_step >= steps:
@@ -242,10 +301,13 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
       QEQ_CALIBRATION_BATCHES)
   if start_step == 0 and init_from:
     source_config, source = model_lib.load_trained(init_from)
-    if [w.shape for w in source.weights] != [w.shape for w in trainer.model.weights]:
+    if (source_config.lstm_units, source_config.dense_units, source_config.use_qeq) != (
+        config.lstm_units, config.dense_units, config.use_qeq):
       raise UserError(f"--init_from '{init_from}' holds a model of other layer sizes; "
                       "its weights do not fit this model")
-    trainer.model.set_weights(source.get_weights())
+    # By name: a dense source initializes a sparse model (its thresholds start at 0, keeping
+    # every weight), an offline-pruned one also passes its masks on.
+    model_lib.copy_weights(source, trainer.model)
     logging.info("initialized from %s", init_from)
     if config.quantize and config.use_qeq and not source_config.quantize:
       logging.info("QEQ scaled into the quantization range by 1/%.2f",
@@ -277,18 +339,43 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
           tf.summary.scalar("train/loss", loss_sum / loss_count, step=step)
           tf.summary.scalar("train/steps_per_second",
                             loss_count / max(time.time() - started, 1e-9), step=step)
-          bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}")
+          postfix = {"loss": f"{loss_sum / loss_count:.4f}"}
+          if sparsity_schedule is not None:
+            report = sparsity.summarize_to_tensorboard(
+                trainer.final_model(), step, sparsity_schedule.target_at(step))
+            if trainer.train_model is not trainer.model:
+              from tf_tinyse import tfmot_pruning  # pylint: disable=g-import-not-at-top
+              tfmot_pruning.summarize(trainer.train_model, step)
+            postfix["sparsity"] = f"{report['overall']:.3f}"
+          bar.set_postfix(postfix)
           loss_sum, loss_count, started = 0.0, 0, time.time()
         if step % checkpoint_every == 0 or step == steps:
           manager.save(checkpoint_number=step)
         if step % validate_every == 0 or step == steps:
-          scores = validate(trainer.model, config, validation)
+          final = trainer.final_model()  # tfmot: the stripped model
+          scores = validate(final, config, validation)
           for key, value in scores.items():
             tf.summary.scalar(f"valid/{key}", value, step=step)
           logging.info("step %d: validation %s", step, scores)
-          if best is None or scores["si_sdr"] > best["si_sdr"]:
-            best = dict(scores, step=step)
-            _save_best(trainer.model, model_dir, best)
+          # A pruned model is only "best" at its final target: earlier, denser checkpoints
+          # would always win.
+          at_target = (sparsity_schedule is None or config.pruning == sparsity.OFFLINE or
+                       _at_target(final, sparsity_schedule, step))
+          if at_target and (best is None or not best.get("at_target", True) or
+                            scores["si_sdr"] > best["si_sdr"]):
+            best = dict(scores, step=step, at_target=True)
+            _save_best(final, model_dir, best)
+            if config.sparsity_structure is not None:
+              sparsity.write_report(model_dir, final, config, sparsity_schedule, step)
+          elif step == steps and best is None:
+            # Never at the target: keep the final model, marked as such.
+            best = dict(scores, step=step, at_target=False)
+            _save_best(final, model_dir, best)
+            report = sparsity.write_report(model_dir, final, config, sparsity_schedule,
+                                           step)
+            logging.warning("the model ended at sparsity %.3f, not the target %.3f: raise "
+                            "--steps or --sparsity_loss_weight", report["pruned"],
+                            sparsity_schedule.target)
   except KeyboardInterrupt:
     step = int(trainer.step.numpy())
     manager.save(checkpoint_number=step)
@@ -299,15 +386,41 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
   return {"step": step, "resumed_from": start_step, "best": best}
 
 
+def check_sparsity_flags(config, init_from, steps, flag_values=FLAGS):
+  """The sparsity schedule of the flags (None for a dense model); refuses combinations that
+  cannot work, before any data is read."""
+  if config.sparsity_structure is None:
+    return None
+  if config.pruning == sparsity.TFMOT and config.sparsity_structure == "unit":
+    raise UserError("--pruning=tfmot cannot prune units: tfmot's prune_low_magnitude prunes "
+                    "weights or blocks only; use --pruning=online or offline for "
+                    "--sparsity_structure=unit")
+  if config.pruning == sparsity.TFMOT:
+    from tf_tinyse import tfmot_pruning  # pylint: disable=g-import-not-at-top
+    tfmot_pruning.check_config(config)  # blocks that tfmot cannot tile as ours
+  if config.pruning == sparsity.OFFLINE:
+    source = model_lib.load_config(init_from) if init_from else None
+    if source is None or source.pruning != sparsity.OFFLINE or source.sparsity_structure is None:
+      raise UserError("--pruning=offline fine-tunes a model pruned by python -m "
+                      "tf_tinyse.prune_offline with its masks frozen: pass that model_dir as "
+                      "--init_from (prune a trained model with prune_offline first)")
+    if source.sparsity_structure != config.sparsity_structure:
+      raise UserError(f"--init_from '{init_from}' was pruned with structure "
+                      f"'{source.sparsity_structure}', not '{config.sparsity_structure}'")
+  return sparsity.Schedule.from_flags(steps, flag_values)
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}: all options are --flags")
   if not FLAGS.data_dir:
-    raise UserError("--data_dir is required: a folder with speech/ + noise/ or clean/ + noisy/")
+    FLAGS.data_dir = demo_data.path()
+    logging.info("no --data_dir: training on the built-in demo corpus %s", FLAGS.data_dir)
   if not FLAGS.model_dir:
     raise UserError("--model_dir is required: where checkpoints and the trained model go")
-  strategy = make_strategy(FLAGS.strategy)
   config = model_lib.ModelConfig.from_flags()
+  schedule = check_sparsity_flags(config, FLAGS.init_from, FLAGS.steps)
+  strategy = make_strategy(FLAGS.strategy)
   data_config = data.DataConfig.from_flags()
   corpus = data.discover_corpus(FLAGS.data_dir, data_config.validation_fraction)
   os.makedirs(FLAGS.model_dir, exist_ok=True)
@@ -317,7 +430,7 @@ def main(argv):
                  max_validation_files=FLAGS.max_validation_files, log_every=FLAGS.log_every,
                  strategy=strategy, init_from=FLAGS.init_from,
                  final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
-                 validation_mixtures=FLAGS.validation_mixtures)
+                 validation_mixtures=FLAGS.validation_mixtures, sparsity_schedule=schedule)
   best = result["best"] or {}
   print(f"trained to step {result['step']} (started at {result['resumed_from']}); "
         f"best validation SI-SDR {best.get('si_sdr', float('nan')):.2f} dB at step "

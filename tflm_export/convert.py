@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_tinyse import console
 from tf_tinyse.errors import UserError
 from tflm_export import tflite_graph
 
@@ -175,7 +176,9 @@ def convert_to_int8(streaming_model, representative_features, *, int16_activatio
   converter.inference_input_type = io_type
   converter.inference_output_type = io_type
   try:
-    tflite_bytes = converter.convert()
+    # The converter prints its settings from C++ whatever the log level; shown with -v 1.
+    with console.native_stderr_filtered():
+      tflite_bytes = converter.convert()
   except Exception as e:  # The converter raises ConverterError, RuntimeError, ValueError.
     message = " ".join(str(e).split())
     raise ConversionError(f"TFLite {'16x8' if int16_activations else 'int8'} conversion failed: "

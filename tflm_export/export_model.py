@@ -45,7 +45,6 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 from keras_layers import quantizers
-from keras_layers.quantized_dense import QuantizedDense
 from keras_layers.quantized_lstm import QuantizedLSTM
 from tf_tinyse import model as model_lib
 from tflm_export import convert
@@ -117,33 +116,88 @@ def dense_preactivation_ranges(trained_model):
 
 def forward_weights(layer):
   """The weights of `layer` as its forward pass uses them, in tf_keras LSTM/Dense order."""
-  if isinstance(layer, QuantizedLSTM):
-    kernel, recurrent_kernel = layer.cell.quantized_weights()
-    weights = [kernel, recurrent_kernel] + ([layer.cell.bias] if layer.cell.use_bias else [])
-    return [np.asarray(w) for w in weights]
-  if isinstance(layer, QuantizedDense):
-    weights = [layer.quantized_kernel()] + ([layer.bias] if layer.use_bias else [])
-    return [np.asarray(w) for w in weights]
-  return layer.get_weights()
+  return model_lib.forward_weights(layer)
 
 
-def build_export_model(trained_model, config):
+def removable_units(trained_model, config):
+  """{hidden layer name: bool array [units] of the units that can be removed exactly}.
+
+  A unit can go when all of its own forward weights are zero: for an LSTM unit k the four gate
+  columns of its input and recurrent kernels and its four gate biases (then z = 0, its cell
+  state stays 0 and h[k] = σ(0)·tanh(0) = 0 in every frame), for a Dense tanh unit its kernel
+  column and bias (tanh(0) = 0). Its output is exactly zero, so the rows that read it can go
+  too, whatever they hold. The mask layer's outputs are never removed. One unit of a layer is
+  always kept (all zero if need be), as a layer cannot have no units.
+  """
+  removable = {}
+  names = [f"lstm_{i}" for i in range(len(config.lstm_units))] + [
+      f"dense_{i}" for i in range(len(config.dense_units))]
+  for name in names:
+    weights = forward_weights(trained_model.get_layer(name))
+    if name.startswith("lstm"):
+      units = weights[1].shape[0]
+      columns = [np.abs(w).reshape(-1, 4, units).sum(axis=(0, 1)) for w in weights]
+    else:
+      columns = [np.abs(w).reshape(-1, w.shape[-1]).sum(axis=0) for w in weights]
+    zero = np.sum(columns, axis=0) == 0
+    if zero.all():
+      zero[0] = False
+    removable[name] = zero
+  return removable
+
+
+def _shrunk_weights(trained_model, config, keep):
+  """Forward weights of every layer with the removed units' columns, rows and biases cut."""
+  weights, previous = {}, None
+  for i in range(len(config.lstm_units)):
+    name = f"lstm_{i}"
+    kernel, recurrent, bias = forward_weights(trained_model.get_layer(name))
+    gates = np.tile(keep[name], 4)
+    rows = slice(None) if previous is None else previous
+    weights[name] = [kernel[rows][:, gates], recurrent[keep[name]][:, gates], bias[gates]]
+    previous = keep[name]
+  for i in range(len(config.dense_units)):
+    name = f"dense_{i}"
+    kernel, bias = forward_weights(trained_model.get_layer(name))
+    weights[name] = [kernel[previous][:, keep[name]], bias[keep[name]]]
+    previous = keep[name]
+  kernel, bias = forward_weights(trained_model.get_layer("mask"))
+  weights["mask"] = [kernel[previous], bias]
+  return weights
+
+
+def build_export_model(trained_model, config, shrink_units=None):
   """A plain streaming model (batch shape (1, 1, bands)) with `trained_model`'s forward weights.
 
   Args:
     trained_model: the trained mask model, training or streaming form, float or QAT
       (`tf_tinyse.model.build_mask_model(config, ...)` with its weights loaded).
     config: its `tf_tinyse.model.ModelConfig`.
+    shrink_units: remove the units that `removable_units` finds (their weights all pruned),
+      so the model is physically smaller and computes the same output; default: for
+      unit-pruned models.
 
   Returns:
-    A `tf_keras.Model` built by `build_mask_model(config without QEQ and quantization,
-    streaming=True)`: tf_keras LSTMs (stateful) and Dense layers, which the converter fuses
-    into UNIDIRECTIONAL_SEQUENCE_LSTM and FULLY_CONNECTED. Its input is the QEQ output: QEQ
-    runs in the front-end (`tflm_export.frontend`). Quantized layers contribute their
-    transformed, fake-quantized weights; float layers their weights as they are.
+    A `tf_keras.Model` built by `build_mask_model(config without QEQ, quantization and
+    sparsity, streaming=True)` (with fewer units where units were removed): tf_keras LSTMs
+    (stateful) and Dense layers, which the converter fuses into UNIDIRECTIONAL_SEQUENCE_LSTM
+    and FULLY_CONNECTED. Its input is the QEQ output: QEQ runs in the front-end
+    (`tflm_export.frontend`). Quantized layers contribute their transformed (masked),
+    fake-quantized weights; float layers their weights as they are. Removing units keeps the
+    int8 codes: every per-gate / per-channel max|w| scale of the kept weights is unchanged.
   """
-  export = model_lib.build_mask_model(
-      dataclasses.replace(config, quantize=False, use_qeq=False), streaming=True)
+  if shrink_units is None:
+    shrink_units = config.sparsity_structure == "unit"
+  export_config = dataclasses.replace(config.dense(), quantize=False, use_qeq=False)
+  weights = None
+  if shrink_units:
+    keep = {name: ~zero for name, zero in removable_units(trained_model, config).items()}
+    export_config = dataclasses.replace(
+        export_config,
+        lstm_units=tuple(int(keep[f"lstm_{i}"].sum()) for i in range(len(config.lstm_units))),
+        dense_units=tuple(int(keep[f"dense_{i}"].sum()) for i in range(len(config.dense_units))))
+    weights = _shrunk_weights(trained_model, config, keep)
+  export = model_lib.build_mask_model(export_config, streaming=True)
   for layer in export.layers:
     if not layer.weights:
       continue
@@ -152,7 +206,7 @@ def build_export_model(trained_model, config):
     except ValueError as e:
       raise convert.ConversionError(f"the trained model has no layer '{layer.name}': it was not "
                                     f"built from this ModelConfig ({config.to_dict()})") from e
-    layer.set_weights(forward_weights(source))
+    layer.set_weights(weights[layer.name] if weights else forward_weights(source))
   return export
 
 
@@ -292,6 +346,26 @@ def pin_fixed_ranges(tflite_bytes, ranges, dense_ranges=()):
         tied.append(intermediates[_LSTM_HIDDEN_INTERMEDIATE])
       _pin(fb, tied, *r.output)
   return fb.to_bytes()
+
+
+def unmasked_model(trained_model, config, streaming=True):
+  """The pruned `trained_model` with its pruning masks lifted, as the dense model of its run.
+
+  `build_mask_model(config.dense(), streaming)` (same sizes, features and quantization, no
+  sparse layers) with every weight of `trained_model` copied by name
+  (`tf_tinyse.model.copy_weights`): the raw kernels, which the masks zero only in the forward
+  pass. Converted with `convert_trained_model(model, config.dense(), ...)`, it is the dense
+  int8 reference a pruned export's speed is compared with.
+
+  Returns (model, dense config), or None where the zeros are in the weights themselves
+  (`--pruning=tfmot`: its stripped layers hold no mask to lift) or the config is dense.
+  """
+  if not config.has_masks:
+    return None
+  dense_config = config.dense()
+  model = model_lib.build_mask_model(dense_config, streaming=streaming)
+  model_lib.copy_weights(trained_model, model)
+  return model, dense_config
 
 
 def convert_trained_model(trained_model, config, representative_features):

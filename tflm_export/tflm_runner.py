@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python import schema_py_generated as schema
 from tflite_micro.python.tflite_micro import runtime
 
 from tf_tinyse.errors import UserError
@@ -34,6 +35,15 @@ def _capture_native_stderr(fn):
       os.close(saved)
     tmp.seek(0)
     return tmp.read().decode("utf-8", "replace")
+
+
+def _has_sparse_tensors(tflite_bytes):
+  model = schema.Model.GetRootAsModel(bytearray(tflite_bytes), 0)
+  for g in range(model.SubgraphsLength()):
+    graph = model.Subgraphs(g)
+    if any(graph.Tensors(i).Sparsity() is not None for i in range(graph.TensorsLength())):
+      return True
+  return False
 
 
 def quantize(values, scale, zero_point, dtype):
@@ -72,6 +82,12 @@ class TflmModel:
     if self.tflite_bytes[4:8] != b"TFL3":
       raise UserError("the bytes given to TflmModel are not a .tflite model (no TFL3 "
                       "identifier); convert with tflm_export.convert.convert_to_int8")
+    # TFLM has no sparse kernels, yet it runs a sparse constant as if it were dense and
+    # computes wrong values without an error (tflm_export.sparse_tflite): refuse it.
+    if _has_sparse_tensors(self.tflite_bytes):
+      raise UserError("the model holds sparse-encoded weights (a model_sparse.tflite), which "
+                      "TFLite Micro cannot run: densify it with "
+                      "tflm_export.sparse_tflite.decode, or run the dense export")
     try:
       self._interpreter = runtime.Interpreter.from_bytes(self.tflite_bytes,
                                                          arena_size=arena_size)
@@ -132,6 +148,33 @@ class TflmModel:
                       f"[frames, {self.num_bands}]")
     q = quantize(features, self.input_scale, self.input_zero_point, self.input_dtype)
     return dequantize(self.run_quantized(q), self.output_scale, self.output_zero_point)
+
+
+def interleaved_ms_per_frame(models, frames, repeats=3):
+  """Median host ms per `invoke()` of each `TflmModel` in `models` over the same frames.
+
+  The host is noisy (other processes, frequency scaling), so the models are timed in turns:
+  each of `repeats` rounds runs every model over `frames` (float model input [T, bands],
+  quantized once per model with its own input grid) from a reset state, one after the other;
+  each model's median over the rounds is returned (ms per frame, in the order of `models`).
+  The models are reset afterwards.
+  """
+  frames = np.asarray(frames, np.float32)
+  if repeats < 1 or frames.ndim != 2 or len(frames) < 1:
+    raise ValueError("interleaved_ms_per_frame needs repeats >= 1 and frames [T >= 1, bands]")
+  frames_q = [quantize(frames, m.input_scale, m.input_zero_point, m.input_dtype)
+              for m in models]
+  times = [[] for _ in models]
+  for _ in range(repeats):
+    for k, model in enumerate(models):
+      model.reset()
+      before_s, before_n = model._invoke_seconds, model._invokes  # pylint: disable=protected-access
+      model.run_quantized(frames_q[k])
+      spent = model._invoke_seconds - before_s  # pylint: disable=protected-access
+      times[k].append(1000.0 * spent / (model._invokes - before_n))  # pylint: disable=protected-access
+  for model in models:
+    model.reset()
+  return [float(np.median(t)) for t in times]
 
 
 def run_keras_streaming(keras_streaming_model, features):

@@ -8,10 +8,12 @@ Memory figures in the CSV are in KiB; they are converted to bytes here.
 import csv
 import dataclasses
 import glob
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 from tf_tinyse.errors import UserError
@@ -105,6 +107,34 @@ def _report(row, counts, accelerator, vela_tflite, summary_csv):
                     "is the installed vela version 5.x?") from e
 
 
+# The package's `__main__` (what `vela`'s console script calls: ethosu.vela.vela:main). Not
+# `-m ethosu.vela.vela`: that module has no `__main__` guard, so it exits 0 doing nothing.
+VELA_MODULE = "ethosu.vela"
+
+
+def vela_command():
+  """The command that runs Vela, as a list to put the arguments after.
+
+  Vela installed for this interpreter runs as `python -m ethosu.vela` with `sys.executable`,
+  so an un-activated venv, cron or Slurm (a PATH without the venv's bin folder) still finds
+  it; otherwise a `vela` on PATH (e.g. installed with pipx).
+
+  Raises:
+    UserError: neither exists.
+  """
+  try:
+    found = importlib.util.find_spec(VELA_MODULE) is not None
+  except ImportError:  # No `ethosu` package at all.
+    found = False
+  if found:
+    return [sys.executable, "-m", VELA_MODULE]
+  on_path = shutil.which("vela")
+  if on_path is not None:
+    return [on_path]
+  raise UserError(f"Vela is not installed for {sys.executable} and the 'vela' command is not "
+                  "on PATH: pip install ethos-u-vela==5.2.0 (needed for the Ethos-U55 estimate)")
+
+
 def run_vela(tflite_path, output_dir, accelerator="ethos-u55-128", system_config=None,
              memory_mode=None, config_file=None, timeout_s=600):
   """Runs `vela` on `tflite_path`, writing its files into `output_dir`; returns a VelaReport.
@@ -129,17 +159,14 @@ def run_vela(tflite_path, output_dir, accelerator="ethos-u55-128", system_config
     raise UserError(f"model file '{tflite_path}' does not exist: export the model first")
   if accelerator not in ACCELERATORS:
     raise UserError(f"accelerator '{accelerator}' is not one of {', '.join(ACCELERATORS)}")
-  vela = shutil.which("vela")
-  if vela is None:
-    raise UserError("the 'vela' command is not on PATH: pip install ethos-u-vela==5.2.0 "
-                    "(needed for the Ethos-U55 estimate)")
+  vela = vela_command()
   if config_file is None and (system_config or memory_mode):
     config_file = "Arm/vela.ini"
   name = os.path.splitext(os.path.basename(tflite_path))[0]
   output_dir = os.fspath(output_dir)
   os.makedirs(output_dir, exist_ok=True)
   with tempfile.TemporaryDirectory(prefix=".vela.", dir=output_dir) as tmp:
-    command = [vela, os.path.abspath(tflite_path), "--accelerator-config", accelerator,
+    command = [*vela, os.path.abspath(tflite_path), "--accelerator-config", accelerator,
                "--output-dir", tmp]
     if config_file:
       command += ["--config", config_file]

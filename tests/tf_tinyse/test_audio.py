@@ -111,6 +111,17 @@ def test_write_audio_round_trip(tmp_path):
   assert os.listdir(tmp_path / "out") == ["x.wav"]  # no temporary file left behind
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_write_audio_gives_the_mode_of_a_new_file_under_the_umask(tmp_path, umask, mode):
+  previous = os.umask(umask)
+  try:
+    path = tmp_path / "x.wav"
+    audio.write_audio(str(path), np.zeros(160, np.float32))
+  finally:
+    os.umask(previous)
+  assert os.stat(path).st_mode & 0o777 == mode
+
+
 def test_write_audio_clips_loud_input_with_warning(tmp_path, monkeypatch):
   warnings = []
   monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))

@@ -94,9 +94,12 @@ def _cases(tmp):
   noisy = str(tmp / "noisy.wav")
   sf.write(noisy, audio.read_audio(_demo_files("speech", 1)[0])[:16000], 16000)
   train = lambda *args: ("train", [f"--model_dir={model_dir}", *TINY_FLAGS, *args])
+  enhance = lambda *args: ("enhance", [f"--model_dir={untrained}", *args])
+  speech_dir = os.path.join(layouts["corrupt"], "speech")
   data_dir = f"--data_dir={demo_data.path()}"
   return {
-      "missing_data_dir": (*train(), 2, r"--data_dir is required"),
+      # Without --data_dir, train uses the built-in demo corpus; without --model_dir it stops.
+      "missing_model_dir": ("train", [*TINY_FLAGS], 2, r"--model_dir is required"),
       "missing_folder": (*train(f"--data_dir={tmp / 'nope'}"), 2,
                          r"data_dir '.*nope' does not exist"),
       "empty_folder": (*train(f"--data_dir={tmp / 'empty'}"), 2,
@@ -119,6 +122,13 @@ def _cases(tmp):
       "non_integer_units": (*train(data_dir, "--lstm_units=abc"), 1,
                             r"--lstm_units must be a comma-separated list of positive integers"),
       "zero_batch": (*train(data_dir, "--batch_size=0"), 1, r"--batch_size must be >= 1"),
+      "bad_block_shape": (*train("--sparsity_structure=block", "--block_shape=8x1"), 1,
+                          r"--block_shape must be 1xB"),
+      "tfmot_units": (*train(data_dir, "--sparsity_structure=unit", "--pruning=tfmot"), 2,
+                      r"--pruning=tfmot cannot prune units"),
+      "offline_without_pruned_model": (*train(data_dir, "--sparsity_structure=weight",
+                                              "--pruning=offline"), 2,
+                                       r"--pruning=offline fine-tunes a model pruned by"),
       "evaluate_without_model": (
           "evaluate", [f"--model_dir={no_model}", data_dir, "--max_files=1"], 2,
           r"model_dir '.*no_model' holds no config\.json"),
@@ -130,6 +140,35 @@ def _cases(tmp):
           "enhance", [f"--model_dir={untrained}", f"--input={noisy}",
                       f"--output={tmp / 'out.wav'}"], 2,
           r"model_dir '.*untrained' has no trained weights"),
+      "enhance_nothing": (*enhance(), 2, r"nothing to enhance: give --input=FILE"),
+      "enhance_input_and_input_dir": (
+          *enhance(f"--input={noisy}", f"--input_dir={speech_dir}", f"--output={tmp / 'x.wav'}"),
+          2, r"--input and --input_dir cannot be combined"),
+      "enhance_input_without_output": (*enhance(f"--input={noisy}"), 2,
+                                       r"--output is required with --input"),
+      "enhance_input_with_output_dir": (
+          *enhance(f"--input={noisy}", f"--output_dir={tmp / 'enh'}"), 2,
+          r"--output_dir is for --input_dir/--input_glob; with --input give --output"),
+      "enhance_dir_without_output_dir": (*enhance(f"--input_dir={speech_dir}"), 2,
+                                         r"--output_dir is required with --input_dir"),
+      "enhance_glob_with_output": (
+          *enhance(f"--input_glob={speech_dir}/*.flac", f"--output={tmp / 'x.wav'}"), 2,
+          r"--output is for --input; with --input_glob give --output_dir"),
+      "enhance_output_dir_inside_input_dir": (
+          *enhance(f"--input_dir={speech_dir}", f"--output_dir={speech_dir}/enhanced"), 2,
+          r"--output_dir '.*speech/enhanced' is inside --input_dir '.*speech'"),
+      "enhance_glob_reaches_output_dir": (
+          *enhance(f"--input_glob={tmp}/**/*.wav", f"--output_dir={tmp / 'enh'}"), 2,
+          r"--output_dir '.*enh' is reached by --input_glob"),
+      "enhance_empty_input_dir": (
+          *enhance(f"--input_dir={tmp / 'empty'}", f"--output_dir={tmp / 'enh'}"), 2,
+          r"--input_dir '.*empty' holds no audio files"),
+      "enhance_glob_matches_nothing": (
+          *enhance(f"--input_glob={tmp}/empty/**/*.wav", f"--output_dir={tmp / 'enh'}"), 2,
+          r"--input_glob '.*empty/\*\*/\*\.wav' matches no audio files"),
+      "enhance_unquoted_glob": (
+          *enhance(f"--input_glob={noisy}", noisy, f"--output_dir={tmp / 'enh'}"), 2,
+          r"unexpected arguments .*quote --input_glob"),
   }
 
 
@@ -187,7 +226,7 @@ def _run_forking(jobs, log_dir):
 
 
 # Checked through the real `python -m` entry point too, not only through the forking runner.
-ENTRY_POINT_CASES = ("missing_data_dir", "unknown_flag")
+ENTRY_POINT_CASES = ("missing_model_dir", "unknown_flag")
 
 
 @pytest.fixture(scope="module")
@@ -215,10 +254,16 @@ def outcomes(tmp_path_factory):
   return {"cases": cases, "results": results, "stereo": (stereo_frames, enhanced), "tmp": tmp}
 
 
-CASE_NAMES = ["missing_data_dir", "missing_folder", "empty_folder", "empty_layout",
+CASE_NAMES = ["missing_model_dir", "missing_folder", "empty_folder", "empty_layout",
               "corrupt_audio", "silent_audio", "nan_audio", "unknown_flag", "missing_flagfile",
-              "malformed_flagfile", "non_integer_units", "zero_batch",
+              "malformed_flagfile", "non_integer_units", "zero_batch", "bad_block_shape",
+              "tfmot_units", "offline_without_pruned_model",
               "evaluate_without_model", "enhance_without_model", "enhance_without_weights",
+              "enhance_nothing", "enhance_input_and_input_dir", "enhance_input_without_output",
+              "enhance_input_with_output_dir", "enhance_dir_without_output_dir",
+              "enhance_glob_with_output", "enhance_output_dir_inside_input_dir",
+              "enhance_glob_reaches_output_dir", "enhance_empty_input_dir",
+              "enhance_glob_matches_nothing", "enhance_unquoted_glob",
               *(f"{name}_entry_point" for name in ENTRY_POINT_CASES)]
 
 

@@ -25,6 +25,7 @@ from tf_tinyse import train
 from tf_tinyse.errors import UserError
 from tflm_export import convert
 from tflm_export import frontend
+from tflm_export import model_card
 from tflm_export import tflite_graph
 from tflm_export import vela
 
@@ -63,9 +64,9 @@ def exported(tmp_path_factory, trained_dir, corpus):
   return output, card
 
 
-def _cli(*args, module="tf_tinyse.export"):
+def _cli(*args, module="tf_tinyse.export", env=ENV):
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                        text=True, env=ENV, timeout=300, check=False)
+                        text=True, env=env, timeout=300, check=False)
 
 
 def test_writes_the_artifacts_and_a_consistent_card(exported):
@@ -74,14 +75,15 @@ def test_writes_the_artifacts_and_a_consistent_card(exported):
   vela_tflite = os.path.join(folder, "model_vela.tflite")
   card_path = os.path.join(folder, export.CARD_FILE)
   frontend_json = os.path.join(folder, "model_frontend.json")
-  for path in (output, frontend_json, vela_tflite, card["vela_summary_csv"], card_path):
+  summary_csv = os.path.join(folder, card["vela_summary_csv"])
+  for path in (output, frontend_json, vela_tflite, summary_csv, card_path):
     assert os.path.isfile(path)
-  assert card["frontend"] == frontend_json
+  assert card["frontend"] == "model_frontend.json"
   with open(card_path) as f:
     assert json.load(f) == json.loads(json.dumps(card))
   assert card["tflite_bytes"] == os.path.getsize(output)
-  assert card["vela"]["vela_tflite_path"] == vela_tflite
-  row = vela.parse_summary_csv(card["vela_summary_csv"])
+  assert card["vela"]["vela_tflite_path"] == "model_vela.tflite"
+  row = vela.parse_summary_csv(summary_csv)
   assert card["vela"]["cycles_total"] == int(float(row["cycles_total"]))
   assert card["vela"]["accelerator"] == "ethos-u55-64"
   with open(output, "rb") as f:
@@ -98,7 +100,7 @@ def test_writes_the_artifacts_and_a_consistent_card(exported):
 
 def test_frontend_file_holds_the_trained_qeq_and_features(exported, trained_dir):
   output, card = exported
-  fe = frontend.Frontend.load(card["frontend"])
+  fe = frontend.Frontend.load(os.path.join(os.path.dirname(output), card["frontend"]))
   config, model = model_lib.load_trained(trained_dir, streaming=True)
   assert fe.feature == config.feature
   gain, bias = next(l for l in model.layers if isinstance(l, QEQ)).get_weights()
@@ -273,3 +275,118 @@ def test_tflite_without_its_frontend_file_is_a_clear_error(exported, tmp_path):
     enhancer.make_enhancer(None, tflite=str(lone))
   with pytest.raises(UserError, match=r"--tflite '.*absent\.tflite' does not exist"):
     enhancer.StreamingEnhancer.from_tflite_file(str(tmp_path / "absent.tflite"))
+
+
+def _fail_at(stage, monkeypatch):
+  """Makes an export fail at `stage` after that stage did its work; returns the error's text."""
+  if stage == "validation":
+    measure = export.validate
+
+    def far_off(*args):
+      v = measure(*args)
+      v["mask_p99_abs_error_lsb"] = 100 * TOLERANCE_LSB
+      return v
+
+    monkeypatch.setattr(export, "validate", far_off)
+    return "disagrees with its Keras QAT model"
+  if stage == "vela":
+    compile_model = vela.run_vela
+
+    def compile_then_fail(*args, **kwargs):
+      compile_model(*args, **kwargs)  # Vela's files are there; then it fails.
+      raise UserError("vela failed on purpose")
+
+    monkeypatch.setattr(vela, "run_vela", compile_then_fail)
+    return "vela failed on purpose"
+  build = model_card.build_model_card
+
+  def build_then_fail(**kwargs):
+    build(**kwargs)
+    raise RuntimeError("model card failed on purpose")
+
+  monkeypatch.setattr(model_card, "build_model_card", build_then_fail)
+  return "model card failed on purpose"
+
+
+def _state(folder):
+  """Each entry of `folder`, hidden ones included: its bytes, inode and modification time."""
+  state = {}
+  for name in os.listdir(folder):
+    path = os.path.join(folder, name)
+    with open(path, "rb") as f:
+      state[name] = (f.read(), os.stat(path).st_ino, os.stat(path).st_mtime_ns)
+  return state
+
+
+def _export_fast(trained_dir, corpus, output):
+  return export.export_model_dir(trained_dir, output, corpus, TINY_DATA, representative_files=1,
+                                 validation_files=1)
+
+
+@pytest.mark.parametrize("stage", ["validation", "vela", "model_card"])
+def test_failed_reexport_leaves_an_earlier_export_untouched(stage, exported, trained_dir, corpus,
+                                                            tmp_path, monkeypatch):
+  folder = tmp_path / "export"
+  shutil.copytree(os.path.dirname(exported[0]), folder)
+  before = _state(folder)
+  with pytest.raises((UserError, RuntimeError), match=_fail_at(stage, monkeypatch)):
+    _export_fast(trained_dir, corpus, folder / "model.tflite")
+  # The same files (no temp folder left), each byte and each inode as it was.
+  assert _state(folder) == before
+
+
+@pytest.mark.parametrize("stage,into", [("vela", "."), ("model_card", "new")])
+def test_export_failing_after_validation_writes_nothing(stage, into, trained_dir, corpus,
+                                                        tmp_path, monkeypatch):
+  """Into a folder with other files, or one the export has to make (not left behind)."""
+  (tmp_path / "notes.txt").write_text("not the export's")
+  with pytest.raises((UserError, RuntimeError), match=_fail_at(stage, monkeypatch)):
+    _export_fast(trained_dir, corpus, tmp_path / into / "model.tflite")
+  assert os.listdir(tmp_path) == ["notes.txt"]  # hidden files included
+
+
+def test_cli_runs_vela_without_it_on_path(trained_dir, tmp_path):
+  """An un-activated venv, cron or Slurm: the interpreter's bin folder is not on PATH."""
+  bin_dir = os.path.dirname(sys.executable)
+  path = os.pathsep.join(d for d in ("/usr/local/bin", "/usr/bin", "/bin")
+                         if d != bin_dir and shutil.which("vela", path=d) is None)
+  assert shutil.which("vela", path=path) is None
+  done = _cli(f"--model_dir={trained_dir}", f"--data_dir={demo_data.path()}",
+              f"--output={tmp_path / 'model.tflite'}", *FAST, env=dict(ENV, PATH=path))
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(tmp_path / export.CARD_FILE) as f:
+    card = json.load(f)
+  assert card["vela"]["cycles_total"] > 0
+  summary_csv = tmp_path / card["vela_summary_csv"]
+  assert vela.parse_summary_csv(summary_csv)["cycles_total"]
+  assert os.path.isfile(tmp_path / "model_vela.tflite")
+  # The message names the files where they are, not as the card stores them.
+  assert f"wrote {tmp_path / 'model.tflite'}, {tmp_path / 'model_frontend.json'}, " \
+         f"{tmp_path / 'model_vela.tflite'}, {summary_csv}, {tmp_path / export.CARD_FILE}" \
+         in done.stdout
+
+
+def test_card_paths_are_relative_and_survive_a_copy(exported, trained_dir, tmp_path):
+  output, card = exported
+  assert os.path.samefile(os.path.join(os.path.dirname(output), card["model_dir"]), trained_dir)
+  original = tmp_path / "original"
+  shutil.copytree(os.path.dirname(output), original)
+  copy = tmp_path / "elsewhere" / "export"
+  shutil.copytree(original, copy)
+  shutil.rmtree(original)
+  card_file = copy / export.CARD_FILE
+  with open(card_file) as f:
+    card = json.load(f)
+  paths = {"tflite_path": card["tflite_path"], "frontend": card["frontend"],
+           "vela_tflite_path": card["vela"]["vela_tflite_path"],
+           "vela_summary_csv": card["vela_summary_csv"]}
+  assert paths == {"tflite_path": "model.tflite", "frontend": "model_frontend.json",
+                   "vela_tflite_path": "model_vela.tflite",
+                   "vela_summary_csv": f"model_summary_{card['vela']['system_config']}.csv"}
+  resolved = {k: model_card.resolve_path(card_file, v) for k, v in paths.items()}
+  assert all(os.path.isfile(p) and p.startswith(str(copy)) for p in resolved.values())
+  assert os.path.getsize(resolved["tflite_path"]) == card["tflite_bytes"]
+  row = vela.parse_summary_csv(resolved["vela_summary_csv"])
+  assert card["vela"]["cycles_total"] == int(float(row["cycles_total"]))
+  assert frontend.Frontend.load(resolved["frontend"]).feature == TINY_QAT.feature
+  enhancer.StreamingEnhancer.from_tflite_file(resolved["tflite_path"])  # the copied pair loads

@@ -91,3 +91,65 @@ def test_quantized_model_trains_on_the_export_grid_and_shares_the_float_layout()
   frames = [streaming(z[:, t:t + 1]).numpy()[0, 0] for t in range(z.shape[1])]
   np.testing.assert_allclose(np.stack(frames), mask[0], atol=1e-6)
   assert model_lib.ModelConfig.from_dict(quantized.to_dict()) == quantized
+
+
+def _truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(f.seek(0, 2) // 2)
+
+
+def _save_checkpoints(model_dir, count):
+  """Saves checkpoints ckpt-1 .. ckpt-`count` of a SMALL model, each with other weights;
+  returns the weights saved in each."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model_lib.save_config(str(model_dir), SMALL)
+  model = model_lib.build_mask_model(SMALL)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
+                                       str(model_dir / "checkpoints"), max_to_keep=5)
+  saved = []
+  for number in range(1, count + 1):
+    model.set_weights([w + number for w in model.get_weights()])
+    manager.save(checkpoint_number=number)
+    saved.append(model.get_weights())
+  return saved
+
+
+def test_load_trained_falls_back_to_the_newest_checkpoint_that_reads(tmp_path, monkeypatch):
+  saved = _save_checkpoints(tmp_path, 3)
+  _truncate(tmp_path / "checkpoints" / "ckpt-3.data-00000-of-00001")
+  warnings = []
+  monkeypatch.setattr(model_lib.logging, "warning", lambda msg, *args: warnings.append(msg % args))
+  _, model = model_lib.load_trained(str(tmp_path))
+  for a, b in zip(model.get_weights(), saved[1]):
+    np.testing.assert_array_equal(a, b)
+  assert len(warnings) == 1 and "ckpt-3 cannot be read" in warnings[0], warnings
+
+
+def test_load_trained_with_no_readable_checkpoint_is_a_one_line_user_error(tmp_path):
+  _save_checkpoints(tmp_path, 2)
+  for number in (1, 2):
+    _truncate(tmp_path / "checkpoints" / f"ckpt-{number}.data-00000-of-00001")
+  with pytest.raises(UserError, match=r"none of the 2 checkpoints in '.*checkpoints' can be "
+                     r"read .*delete that folder") as raised:
+    model_lib.load_trained(str(tmp_path))
+  assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other_model"])
+def test_load_trained_with_unreadable_best_weights_is_a_one_line_user_error(tmp_path, damage):
+  model_lib.save_config(str(tmp_path), SMALL)
+  best = tmp_path / "best" / "weights.h5"
+  best.parent.mkdir()
+  if damage == "other_model":
+    model_lib.build_mask_model(dataclasses.replace(SMALL, lstm_units=(8, 8))).save_weights(
+        str(best))
+  else:
+    model_lib.build_mask_model(SMALL).save_weights(str(best))
+    if damage == "truncated":
+      _truncate(best)
+    else:
+      best.write_bytes(b"not an hdf5 file" * 100)
+  with pytest.raises(UserError, match=r"weights\.h5' cannot be read as the weights of this "
+                     r"model .*delete it to use the newest checkpoint") as raised:
+    model_lib.load_trained(str(tmp_path))
+  assert "\n" not in str(raised.value)

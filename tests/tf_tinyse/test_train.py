@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +90,18 @@ def _start_and_stop_after_first_checkpoint(command, model_dir, log_dir, sig):
   return rc, err_path.read_text()
 
 
+def _modes(folder):
+  """({folder: mode}, {file: mode}) of everything under `folder`, by '/'-joined relative path."""
+  modes = ({}, {})
+  for root, folders, files in os.walk(folder):
+    for is_file, names in enumerate((folders, files)):
+      for name in names:
+        path = os.path.join(root, name)
+        relative = os.path.relpath(path, folder).replace(os.sep, "/")
+        modes[is_file][relative] = os.stat(path).st_mode & 0o777
+  return modes
+
+
 def _checkpoint_step(model_dir):
   latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
   return int(re.search(r"ckpt-(\d+)$", latest).group(1))
@@ -96,8 +109,13 @@ def _checkpoint_step(model_dir):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+  """6 steps, checkpoints ckpt-5 and ckpt-6, written under umask 022."""
   model_dir = tmp_path_factory.mktemp("tiny_run")
-  return model_dir, _train(model_dir, steps=6)
+  previous = os.umask(0o022)
+  try:
+    return model_dir, _train(model_dir, steps=6)
+  finally:
+    os.umask(previous)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +141,13 @@ def test_train_writes_the_model_dir_layout(tiny_run):
   tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(path)
           for value in event.summary.value}
   assert {"train/loss", "valid/si_sdr"} <= tags
+  # Readable by others (umask 022): ours through fileio (best/weights.h5 is written by h5py at
+  # a temporary path), checkpoints and logs by TF itself.
+  folders, files = _modes(model_dir)
+  assert {"best", "checkpoints", "logs"} == folders.keys() and set(folders.values()) == {0o755}
+  assert {"config.json", "best/weights.h5", "best/info.json", "checkpoints/checkpoint",
+          "checkpoints/ckpt-6.index", "checkpoints/ckpt-6.data-00000-of-00001"} <= files.keys()
+  assert set(files.values()) == {0o644}, files
   # The trained model loads back through the public loader.
   config, model = model_lib.load_trained(model_dir)
   assert config == TINY and model.output_shape[-1] == TINY.feature.num_bands
@@ -153,6 +178,96 @@ def test_resuming_a_model_dir_of_another_config_is_refused(tiny_run):
     _train(model_dir, steps=8, config=other)
   # Nothing was overwritten by the refused run.
   assert model_lib.load_config(model_dir) == TINY
+
+
+def _damage(path, how):
+  """Cuts `path` to half its size, or flips 64 bytes in its middle (a bad checksum)."""
+  with open(path, "r+b") as f:
+    size = f.seek(0, 2)
+    if how == "truncated":
+      f.truncate(size // 2)
+    else:
+      f.seek(size // 2)
+      flipped = bytes(b ^ 0xFF for b in f.read(64))
+      f.seek(size // 2)
+      f.write(flipped)
+
+
+def _data_file(model_dir, step):
+  return os.path.join(model_dir, "checkpoints", f"ckpt-{step}.data-00000-of-00001")
+
+
+def _trainer_state(trainer):
+  """Every value a checkpoint restores: step, model weights, optimizer variables (slots too)."""
+  return ([int(trainer.step.numpy())] + [v.numpy() for v in trainer.model.weights] +
+          [v.numpy() for v in trainer.optimizer.variables])
+
+
+def _trainer_and_checkpoint():
+  """A new Trainer and a checkpoint of it, as in train()."""
+  trainer = train.Trainer(TINY, tf.distribute.get_strategy(), global_batch_size=4,
+                          decay_steps=6, final_learning_rate_fraction=0.1)
+  return trainer, tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
+                                      step=trainer.step)
+
+
+# Measured: cut short, reading the newest raises IndexError (Read less bytes than requested)
+# before anything is assigned; with a bad checksum, DataLossError once the restore op runs.
+@pytest.mark.parametrize("how", ["truncated", "bit_flipped"])
+def test_restoring_skips_a_corrupt_checkpoint_and_leaves_nothing_of_it(tiny_run, tmp_path, how):
+  folder = str(tmp_path / "checkpoints")
+  shutil.copytree(os.path.join(tiny_run[0], "checkpoints"), folder)
+  good, checkpoint = _trainer_and_checkpoint()
+  checkpoint.restore(os.path.join(folder, "ckpt-5")).assert_existing_objects_matched()
+  expected = _trainer_state(good)
+  assert expected[0] == 5
+  _damage(_data_file(tmp_path, 6), how)
+
+  trainer, checkpoint = _trainer_and_checkpoint()
+  path = model_lib.restore_newest_checkpoint(checkpoint, folder)
+
+  assert path == os.path.join(folder, "ckpt-5")
+  state = _trainer_state(trainer)
+  assert state[0] == 5 and int(trainer.optimizer.iterations.numpy()) == 5
+  assert len(state) == len(expected) and all(np.array_equal(a, b)
+                                             for a, b in zip(state, expected))
+
+
+def test_training_resumes_from_the_checkpoint_before_a_corrupt_newest(tiny_run, tmp_path,
+                                                                     monkeypatch):
+  model_dir, reference = tmp_path / "model", tmp_path / "reference"
+  shutil.copytree(tiny_run[0], model_dir)
+  shutil.copytree(tiny_run[0], reference)
+  _damage(_data_file(model_dir, 6), "truncated")
+  # The reference never had ckpt-6: the same run from ckpt-5.
+  for path in glob.glob(str(reference / "checkpoints" / "ckpt-6.*")):
+    os.remove(path)
+  tf.compat.v1.train.update_checkpoint_state(str(reference / "checkpoints"),
+                                             str(reference / "checkpoints" / "ckpt-5"))
+  warnings = []
+  monkeypatch.setattr(model_lib.logging, "warning", lambda msg, *args: warnings.append(msg % args))
+
+  result = _train(model_dir, steps=8)
+
+  assert result["resumed_from"] == 5 and result["step"] == 8
+  about_checkpoints = [w for w in warnings if "checkpoint" in w]
+  assert len(about_checkpoints) == 1 and re.search(
+      r"ckpt-6 cannot be read \(Read less bytes than requested\)", about_checkpoints[0]), warnings
+  assert _checkpoint_step(model_dir) == 8
+  assert _train(reference, steps=8)["resumed_from"] == 5
+  assert _max_difference(_model_variables(model_dir), _model_variables(reference)) == 0.0
+
+
+def test_training_with_no_readable_checkpoint_is_a_one_line_user_error(tiny_run, tmp_path):
+  model_dir = tmp_path / "model"
+  shutil.copytree(tiny_run[0], model_dir)
+  for step in (5, 6):
+    _damage(_data_file(model_dir, step), "truncated")
+  with pytest.raises(UserError, match=r"^none of the 2 checkpoints in '.+checkpoints' can be "
+                     r"read \(corrupt or cut short\); delete that folder to train from the "
+                     r"start$") as raised:
+    _train(model_dir, steps=8)
+  assert "\n" not in str(raised.value)
 
 
 def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tmp_path, uninterrupted):

@@ -1,6 +1,7 @@
 """Model card: fields consistent with the files on disk, and the four deployment checks."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -44,6 +45,29 @@ def test_card_fields_match_files(exported, streaming_model, tmp_path):
   assert constraints["integer_only"]["status"] == model_card.PASS
   assert constraints["latency_per_frame"]["status"] == model_card.PASS
   assert constraints["memory"]["status"] == model_card.NOT_CHECKED
+
+
+def test_paths_are_stored_relative_to_the_card_folder(exported, streaming_model, tmp_path):
+  path, tflm, report = exported
+  folder = os.path.dirname(path)
+  kwargs = dict(keras_model=streaming_model, tflite_path=path,
+                feature_config=SMALL_CONFIG.feature, tflm_model=tflm, vela_report=report)
+  card = model_card.build_model_card(card_dir=folder, **kwargs)
+  assert card["tflite_path"] == "model.tflite"
+  assert card["vela"]["vela_tflite_path"] == os.path.join("vela", "model_vela.tflite")
+  # A copy of the folder: the card's paths name the copy's files.
+  copy = tmp_path / "copy"
+  shutil.copytree(folder, copy)
+  for stored in (card["tflite_path"], card["vela"]["vela_tflite_path"]):
+    resolved = model_card.resolve_path(copy / "model_card.json", stored)
+    assert resolved.startswith(str(copy)) and os.path.isfile(resolved)
+  # Written elsewhere, the card stores the way from its own folder to the files.
+  written = model_card.build_model_card(output_path=tmp_path / "card.json", **kwargs)
+  assert written["tflite_path"] == os.path.relpath(path, tmp_path)
+  assert os.path.samefile(model_card.resolve_path(tmp_path / "card.json",
+                                                  written["tflite_path"]), path)
+  # Neither a card folder nor an output: the paths as given.
+  assert model_card.build_model_card(**kwargs)["tflite_path"] == path
 
 
 def test_memory_budget_pass_and_fail(exported, streaming_model):

@@ -1,6 +1,7 @@
 """Vela runner: a real Ethos-U55 compile of the small model, and its failures."""
 import csv
 import os
+import sys
 
 import pytest
 
@@ -45,8 +46,18 @@ def test_named_system_config_and_memory_mode(tflite_file, tmp_path):
 
 def test_missing_vela_is_a_clear_user_error(tflite_file, tmp_path, monkeypatch):
   monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))
-  with pytest.raises(UserError, match="'vela' command is not on PATH"):
+  monkeypatch.setattr(vela, "VELA_MODULE", "no_such_package.vela")  # not installed here
+  with pytest.raises(UserError, match=r"Vela is not installed for .*python.* and the 'vela' "
+                                      r"command is not on PATH: pip install ethos-u-vela"):
     vela.run_vela(tflite_file, tmp_path / "out")
+
+
+def test_runs_vela_of_this_interpreter_without_it_on_path(tflite_file, tmp_path, monkeypatch):
+  """An un-activated venv, cron or Slurm: no `vela` on PATH, Vela installed for Python."""
+  monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))
+  report = vela.run_vela(tflite_file, tmp_path / "out")
+  assert os.path.isfile(report.vela_tflite_path) and report.cycles_total > 0
+  assert vela.vela_command() == [sys.executable, "-m", "ethosu.vela"]
 
 
 def test_vela_failure_carries_its_message(tmp_path):
