@@ -11,7 +11,10 @@ gradient of the soft mask `σ((s_g − τ) / T)` is used in its place. Through i
 - the weights of groups near the threshold get the enhancement loss's gradient through their
   score as well, so a pruned group that matters can come back while it is close to τ. Groups
   far below τ get (almost) no gradient and stay pruned. The sparsity loss reaches the
-  thresholds only (the layers stop its gradient to the scores).
+  thresholds only (the layers stop its gradient to the scores): letting it also shrink the
+  weights near τ decided the pruned groups by their distance to τ rather than by their use,
+  and cost 0.10 / 0.16 / 0.50 dB SI-SDR for weight / block / unit pruning at 80 % (demo
+  model, single runs, README).
 T sets the width of the band of scores that take part (scores are ~1 on average; T = 0.1).
 
 The threshold variable θ is stored as τ / THRESHOLD_SCALE: Adam moves a variable by about
