@@ -2,7 +2,7 @@
 
 `encode` rewrites the constant int8 weight matrices of an int8 `.tflite` (FULLY_CONNECTED
 weights [out, in]; the fused UNIDIRECTIONAL_SEQUENCE_LSTM's 8 matrices [units, in] and
-[units, units]) with `SparsityParameters` (schema.fbs; `../shared/docs/tflite-sparse-format.md`):
+[units, units]) with `SparsityParameters` (schema.fbs; the project's one-page description of it is tflite-sparse-format.md):
 
 - `block_size=1` (weight level, unstructured CSR): traversal [0, 1], no block map,
   dim_metadata [DENSE(out), SPARSE_CSR(segments, column indices)]; the buffer holds the
