@@ -38,6 +38,13 @@ DEFAULT_SAMPLE_RATE = 16000
 # 1e-15 of the signal energy (150 dB) is rounding noise, not a measurement.
 DB_LIMIT = 150.0
 
+# A silent or orthogonal output scores -DB_LIMIT (-150 dB), 150 dB below a useful one: one such
+# file would move a mean over 30 files by 5 dB. Means clamp the dB metrics at this floor (far
+# below any real enhancement: noisy input at -6 dB SNR scores about -6 dB) and count the files
+# that reached it, so a broken output is reported, not averaged in at full weight.
+SUMMARY_DB_FLOOR = -50.0
+DB_METRICS = ("sdr", "si_sdr")
+
 # Two 512-sample STFT frames: more than an iSTFT's end effects can explain.
 LENGTH_MISMATCH_WARN_SAMPLES = 1024
 
@@ -257,6 +264,20 @@ def score_utterance(clean, noisy, enhanced, sample_rate=DEFAULT_SAMPLE_RATE):
   }
 
 
+def value_for_mean(name, value):
+  """`value` of metric `name` as it enters a mean: dB metrics clamped at SUMMARY_DB_FLOOR."""
+  if name in DB_METRICS:
+    return max(float(value), SUMMARY_DB_FLOOR)
+  return float(value)
+
+
+def mean_for_summary(name, values):
+  """(mean of `values` of metric `name` with dB values floored, number of floored values)."""
+  values = [float(v) for v in values]
+  floored = sum(1 for v in values if name in DB_METRICS and v < SUMMARY_DB_FLOOR)
+  return float(np.mean([value_for_mean(name, v) for v in values])), floored
+
+
 def _skip_reason(noisy, enhanced, name):
   """Why file `name` lacks a noisy/enhanced pair, or None when both exist."""
   reasons = {side: next((s["reason"] for s in scores.get("skipped", []) if s["metric"] == name),
@@ -281,13 +302,18 @@ def summarize(per_file):
     {"files": number of files,
      "metrics": {name: {"noisy": mean, "enhanced": mean,
                         "improvement": enhanced - noisy, "files": count}},
-     "skipped": {name: {reason: count}}}
+     "skipped": {name: {reason: count}},
+     "floored": {name: {"noisy": count, "enhanced": count}}}
     A metric is averaged over the files where both its noisy and its enhanced
     value exist, so that "improvement" is a paired difference; the other files
-    are counted under "skipped". Means over zero files are None.
+    are counted under "skipped". SDR and SI-SDR values below SUMMARY_DB_FLOOR (a
+    silent or orthogonal output scores -150 dB) enter the means at the floor and
+    are counted under "floored" (only metrics with such files appear). Means over
+    zero files are None.
   """
   metrics = {}
   skipped = {}
+  floored = {}
   for name in METRIC_NAMES:
     pairs = []
     reasons = collections.Counter()
@@ -298,16 +324,19 @@ def summarize(per_file):
       else:
         reasons[reason] += 1
     if pairs:
-      noisy_mean = float(np.mean([p[0] for p in pairs]))
-      enhanced_mean = float(np.mean([p[1] for p in pairs]))
-      improvement = float(np.mean([p[1] - p[0] for p in pairs]))
+      noisy_mean, noisy_floored = mean_for_summary(name, [p[0] for p in pairs])
+      enhanced_mean, enhanced_floored = mean_for_summary(name, [p[1] for p in pairs])
+      improvement = float(np.mean([value_for_mean(name, p[1]) - value_for_mean(name, p[0])
+                                   for p in pairs]))
+      if noisy_floored or enhanced_floored:
+        floored[name] = {"noisy": noisy_floored, "enhanced": enhanced_floored}
     else:
       noisy_mean = enhanced_mean = improvement = None
     metrics[name] = {"noisy": noisy_mean, "enhanced": enhanced_mean,
                      "improvement": improvement, "files": len(pairs)}
     if reasons:
       skipped[name] = dict(reasons)
-  return {"files": len(per_file), "metrics": metrics, "skipped": skipped}
+  return {"files": len(per_file), "metrics": metrics, "skipped": skipped, "floored": floored}
 
 
 _LABELS = {"sdr": "SDR (dB)", "si_sdr": "SI-SDR (dB)", "pesq": "PESQ", "stoi": "STOI"}
@@ -344,4 +373,9 @@ def format_table(summary):
   for name, reasons in summary.get("skipped", {}).items():
     for reason, count in reasons.items():
       lines.append(f"skipped {_LABELS[name]}: {count} of {summary['files']} files ({reason})")
+  for name, counts in summary.get("floored", {}).items():
+    for side, count in counts.items():
+      if count:
+        lines.append(f"{_LABELS[name]} of {count} {side} file(s) below {SUMMARY_DB_FLOOR:.0f} dB "
+                     f"(silent or orthogonal signal), averaged as {SUMMARY_DB_FLOOR:.0f} dB")
   return "\n".join(lines)

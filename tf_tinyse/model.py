@@ -80,6 +80,15 @@ class ModelConfig:
   block_size: int = 8
   pruning: str = sparsity.ONLINE
 
+  def __post_init__(self):
+    if self.quantize and not self.use_qeq:
+      # The first LSTM quantizes its input to the fixed [-1, 1] grid of the int8 export, and
+      # only QEQ is fitted into it: raw compressed mel features are never negative and reach
+      # about 3, so half the grid would go unused and the loudest bands would clip.
+      raise UserError("--quantize needs --qeq: without QEQ the compressed mel features "
+                      "(0 to about 3) do not fit the fixed [-1, 1] input grid of the int8 "
+                      "model; drop --noqeq or train in float")
+
   @classmethod
   def from_flags(cls, flag_values=flags.FLAGS):
     return cls(lstm_units=tuple(int(u) for u in flag_values.lstm_units),

@@ -236,6 +236,28 @@ def test_summarize_means_improvements_and_skip_counts():
   json.dumps(summary, allow_nan=False)
 
 
+def test_a_silent_output_is_floored_and_reported_not_averaged_at_minus_150_db(speech):
+  # Ten real utterance scores near +10 dB and one all-zero output: the broken file must not
+  # drag the SI-SDR mean down by 15 dB, and the summary must say that it happened.
+  noisy = speech + at_snr(speech, white_noise(speech.size, seed=4), 0.0)
+  good = metrics.score_utterance(speech, noisy, speech + at_snr(speech, white_noise(
+      speech.size, seed=5), 10.0), SR)
+  broken = metrics.score_utterance(speech, noisy, np.zeros_like(speech), SR)
+  assert broken["enhanced"]["si_sdr"] == -metrics.DB_LIMIT
+  summary = metrics.summarize([good] * 10 + [broken])
+  si_sdr = summary["metrics"]["si_sdr"]
+  expected = (10 * good["enhanced"]["si_sdr"] + metrics.SUMMARY_DB_FLOOR) / 11
+  assert si_sdr["enhanced"] == pytest.approx(expected)
+  assert si_sdr["enhanced"] > good["enhanced"]["si_sdr"] - 6.0  # -150 would cost 14.6 dB
+  assert si_sdr["improvement"] == pytest.approx(si_sdr["enhanced"] - si_sdr["noisy"])
+  assert summary["floored"]["si_sdr"] == {"noisy": 0, "enhanced": 1}
+  assert summary["floored"]["sdr"] == {"noisy": 0, "enhanced": 1}
+  assert "pesq" not in summary["floored"]
+  table = metrics.format_table(summary)
+  assert "SI-SDR (dB) of 1 enhanced file(s) below -50 dB" in table
+  assert metrics.summarize([good])["floored"] == {}
+
+
 def test_summarize_of_no_usable_files_has_no_means():
   summary = metrics.summarize([])
   assert summary["files"] == 0

@@ -153,3 +153,15 @@ def test_load_trained_with_unreadable_best_weights_is_a_one_line_user_error(tmp_
                      r"model .*delete it to use the newest checkpoint") as raised:
     model_lib.load_trained(str(tmp_path))
   assert "\n" not in str(raised.value)
+
+
+def test_quantized_training_without_qeq_is_refused_before_it_clips_the_features(speech_clip):
+  # The raw compressed mel features of real speech leave the [-1, 1] input grid of the int8
+  # model: they are never negative and the loud bands exceed 1.
+  from tf_tinyse import features  # pylint: disable=g-import-not-at-top
+  z = features.waveform_features(speech_clip[None], SMALL.feature).numpy()
+  assert z.min() >= 0 and (z > 1).mean() > 0.01
+  with pytest.raises(UserError, match="--quantize needs --qeq"):
+    dataclasses.replace(SMALL, quantize=True, use_qeq=False)
+  with pytest.raises(UserError, match="--quantize needs --qeq"):
+    model_lib.ModelConfig.from_dict({**SMALL.to_dict(), "quantize": True, "use_qeq": False})
