@@ -81,10 +81,11 @@ flags.DEFINE_string("output", None, "Output file: for export, the int8 .tflite t
                     allow_override=True)
 flags.DEFINE_enum("accelerator", "ethos-u55-128", vela.ACCELERATORS,
                   "Ethos-U configuration Vela compiles for (MACs per cycle in the name).")
-flags.DEFINE_float("sram_kib", None, "Device SRAM budget in KiB for the working memory "
-                   "(TFLM arena); unset: not checked.")
-flags.DEFINE_float("flash_kib", None, "Device flash budget in KiB for the compiled model; "
-                   "unset: not checked.")
+flags.DEFINE_float("sram_kib", None, "Device SRAM budget in KiB, checked against Vela's SRAM "
+                   "(summary CSV) for the Ethos-U target; unset: not checked.")
+flags.DEFINE_float("flash_kib", None, "Device flash budget in KiB, checked against the size of "
+                   "model_vela.tflite (the file the Ethos-U target flashes); unset: not "
+                   "checked.")
 flags.DEFINE_bool("strict", False, "Exit non-zero when a deployment constraint of the model "
                   "card fails (the artifacts are still written).")
 flags.DEFINE_float("tolerance_lsb", 4.0, "TFLM vs Keras-QAT agreement required: 99 % of mask "
@@ -308,7 +309,7 @@ def export_model_dir(model_dir, output_path, corpus, data_config, *,
           reference_path, accelerator, _target_sparsity(model_dir), timing_frames,
           timing_repeats)
     card = model_card.build_model_card(
-        keras_model=keras_model, tflite_path=staged,
+        keras_model=keras_model, tflite_path=staged, front_end=fe,
         feature_config=config.feature, tflm_model=tflm, vela_report=vela_report,
         sram_kib=sram_kib, flash_kib=flash_kib, card_dir=staging)
     # The staged files keep their names in `folder`, so paths relative to `staging` hold there.

@@ -1,16 +1,28 @@
 """The model card: sizes, speed and memory of an exported model, and its deployment checks.
 
 Every number comes from an artifact that exists (the `.tflite` file on disk, the TFLM
-interpreter that ran it, Vela's summary), never from a formula over the architecture. The four
-deployment constraints of the method are each reported as "pass", "fail" or "not checked"
-with the numbers they were judged on.
+interpreter that ran it, Vela's summary and its `model_vela.tflite`, the front-end run hop by
+hop), never from a formula over the architecture; the only counted (not measured) number is
+the front-end's operations per hop, from the actual sizes (`frontend_cost.HOW_COUNTED`). The
+four deployment constraints of the method are each reported as "pass", "fail" or "not checked"
+with the numbers they were judged on and where each number comes from.
+
+The checks judge one deployment, never a mix: with a Vela report the Ethos-U (TFLM on the
+Cortex-M driving the NPU with `model_vela.tflite`); without one TFLM alone on a Cortex-M
+(`model.tflite`, no NPU).
 """
 import dataclasses
 import os
 
+import numpy as np
+from tensorflow.lite.python import schema_py_generated as schema
+
 from tf_tinyse import fileio
 from tf_tinyse import model as model_lib
+from tf_tinyse.errors import UserError
 from tflm_export import convert
+from tflm_export import frontend as frontend_lib
+from tflm_export import frontend_cost
 from tflm_export import tflite_graph
 
 PASS, FAIL, NOT_CHECKED = "pass", "fail", "not checked"
@@ -18,16 +30,132 @@ PASS, FAIL, NOT_CHECKED = "pass", "fail", "not checked"
 # Ops that combine future with past frames; a streaming model must contain none of them.
 LOOK_AHEAD_OPS = frozenset({"BIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_RNN",
                             "REVERSE_V2", "REVERSE_SEQUENCE"})
+ETHOS_U_OP = "CUSTOM:ethos-u"  # What Vela puts in place of the ops the NPU runs.
+
+# The weighted ops of the int8 graph and the input positions of their biases (TFLite's
+# fully_connected.cc, lstm_shared.h); every other constant input but 0 is a weight (LSTM:
+# 1-8 gate matrices, 9-11 peepholes, 16 projection, 20-23 layer norm).
+WEIGHTED_OPS = {"FULLY_CONNECTED": frozenset({2}),
+                convert.FUSED_LSTM: frozenset({12, 13, 14, 15, 17})}
+DEPLOYED_PARAMETERS = (
+    "elements of the constant weight and bias tensors of the FULLY_CONNECTED and "
+    "UNIDIRECTIONAL_SEQUENCE_LSTM ops of the int8 .tflite, read from its buffers; non-zero: "
+    "stored integer code != the tensor's zero point (0 for the symmetric int8 weights and the "
+    "int32 biases). The front-end's QEQ runs on the CPU in float: frontend_parameters")
+KERAS_PARAMETERS = (
+    "Keras model, for comparison only (tf_tinyse.model.parameter_counts): its forward "
+    "weights, QEQ included, non-zero in float (a weight that rounds to int8 code 0 counts), "
+    "biases the converter drops (all zero) included; not the deployed model")
+FRONTEND_PARAMETERS = ("QEQ gain and bias of the front-end (model_frontend.json), float32, "
+                       "applied on the CPU before the int8 model; not in the .tflite")
+DEPLOYMENT_ETHOS_U = "{accelerator}: TFLM on the Cortex-M runs model_vela.tflite on the NPU"
+DEPLOYMENT_CORTEX_M = "TFLM on a Cortex-M without NPU runs the .tflite"
 
 
 def _status(ok):
   return PASS if ok else FAIL
 
 
-def count_parameters(keras_model):
-  """(all, non-zero) parameters of the network as it computes (after pruning masks;
-  thresholds and mask variables are not parameters): `tf_tinyse.model.parameter_counts`."""
-  return model_lib.parameter_counts(keras_model)
+_NUMPY_TYPES = {schema.TensorType.INT8: np.int8, schema.TensorType.UINT8: np.uint8,
+                schema.TensorType.INT16: np.int16, schema.TensorType.INT32: np.int32,
+                schema.TensorType.INT64: np.int64, schema.TensorType.FLOAT32: np.float32,
+                schema.TensorType.FLOAT16: np.float16}
+_OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items()
+             if not name.startswith("_")}
+
+
+def _buffer_data(buffer, tflite_bytes):
+  if buffer.data is not None and len(buffer.data):
+    return bytes(bytearray(buffer.data))
+  offset, size = getattr(buffer, "offset", 0), getattr(buffer, "size", 0)
+  return bytes(tflite_bytes[offset:offset + size]) if offset > 1 and size else b""
+
+
+def _nonzero_codes(codes, tensor):
+  """Elements of `codes` (the tensor's shape) whose stored code is not its zero point."""
+  q = tensor.quantization
+  zero_points = (np.asarray(q.zeroPoint, np.int64)
+                 if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else None)
+  if zero_points is None or zero_points.size == 1:
+    zero = 0 if zero_points is None else zero_points.item()
+    return int(np.count_nonzero(codes != zero))
+  shape = [1] * codes.ndim
+  shape[int(q.quantizedDimension)] = zero_points.size
+  return int(np.count_nonzero(codes != zero_points.reshape(shape)))
+
+
+def deployed_parameter_counts(tflite_bytes):
+  """Parameters of the int8 model as deployed (`DEPLOYED_PARAMETERS`), from its buffers.
+
+  Returns {"parameters", "nonzero_parameters", "weights", "nonzero_weights", "biases",
+  "nonzero_biases": totals; "ops": the same per weighted op, in graph order; "counted":
+  DEPLOYED_PARAMETERS}. A tensor two ops share counts once.
+
+  Raises:
+    UserError: a weight's buffer does not hold its shape's elements (a sparse-encoded file:
+      count its decoded twin).
+  """
+  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(tflite_bytes), 0))
+  graph = model.subgraphs[0]
+  seen, ops = set(), []
+  for op in graph.operators or []:
+    opcode = model.operatorCodes[op.opcodeIndex]
+    name = _OP_NAMES.get(max(opcode.builtinCode, opcode.deprecatedBuiltinCode))
+    if name not in WEIGHTED_OPS:
+      continue
+    counts = {"weights": 0, "nonzero_weights": 0, "biases": 0, "nonzero_biases": 0}
+    for position, index in enumerate(int(i) for i in op.inputs):
+      if position == 0 or index < 0 or index in seen:
+        continue
+      tensor = graph.tensors[index]
+      data = _buffer_data(model.buffers[tensor.buffer], tflite_bytes)
+      if not data:  # Not a constant (the LSTM's state).
+        continue
+      seen.add(index)
+      shape = tuple(int(d) for d in tensor.shape) if tensor.shape is not None else ()
+      dtype = np.dtype(_NUMPY_TYPES[tensor.type]).newbyteorder("<")
+      if tensor.sparsity is not None or len(data) != int(np.prod(shape)) * dtype.itemsize:
+        raise UserError(f"tensor '{tensor.name.decode()}' stores {len(data)} bytes for "
+                        f"shape {list(shape)} of {dtype.name} (sparse-encoded?): count the "
+                        "dense .tflite (tflm_export.sparse_tflite.decode)")
+      codes = np.frombuffer(data, dtype)
+      kind = "biases" if position in WEIGHTED_OPS[name] else "weights"
+      counts[kind] += codes.size
+      counts[f"nonzero_{kind}"] += _nonzero_codes(codes.reshape(shape), tensor)
+    output = graph.tensors[int(op.outputs[0])].name.decode("utf-8", "replace")
+    ops.append({"op": name, "output": output, **counts})
+  totals = {key: sum(o[key] for o in ops)
+            for key in ("weights", "nonzero_weights", "biases", "nonzero_biases")}
+  return {"parameters": totals["weights"] + totals["biases"],
+          "nonzero_parameters": totals["nonzero_weights"] + totals["nonzero_biases"],
+          **totals, "ops": ops, "counted": DEPLOYED_PARAMETERS}
+
+
+def keras_parameter_counts(keras_model):
+  """The Keras side, labelled as such (`KERAS_PARAMETERS`); None without a model."""
+  if keras_model is None:
+    return None
+  total, nonzero = model_lib.parameter_counts(keras_model)
+  return {"parameters": total, "nonzero_parameters": nonzero, "counted": KERAS_PARAMETERS}
+
+
+def frontend_parameter_counts(fe):
+  """QEQ's gain and bias of the front-end `fe` (`FRONTEND_PARAMETERS`); zeros without QEQ."""
+  gain = 0 if fe.qeq_gain is None else int(np.size(fe.qeq_gain))
+  bias = 0 if fe.qeq_bias is None else int(np.size(fe.qeq_bias))
+  nonzero = sum(int(np.count_nonzero(v)) for v in (fe.qeq_gain, fe.qeq_bias) if v is not None)
+  return {"qeq_gain": gain, "qeq_bias": bias, "total": gain + bias, "nonzero": nonzero,
+          "counted": FRONTEND_PARAMETERS}
+
+
+def cpu_ops_of_vela_model(vela_tflite_path):
+  """Names of the ops of Vela's output model that are not the NPU's ethos-u custom op (they
+  run on the CPU), or None when the file is missing."""
+  if not vela_tflite_path or not os.path.isfile(vela_tflite_path):
+    return None
+  with open(vela_tflite_path, "rb") as f:
+    graph = tflite_graph.read_graph(f.read())
+  return [name for name in graph.op_names() if name != ETHOS_U_OP]
 
 
 def check_causal(graph):
@@ -58,28 +186,75 @@ def check_integer_only(graph):
           "activation_types": activation_types}
 
 
-def check_latency(vela_report, hop_ms):
+def check_latency(vela_report, hop_ms, cpu_ops_in_file=None, frontend_ops=None):
+  """Vela's estimate of one frame of the int8 network on the NPU against the hop.
+
+  Judged only when all of the network runs on the NPU: an op Vela leaves on the CPU (its
+  printout's `cpu_ops`, or `cpu_ops_in_file`: ops of model_vela.tflite other than the ethos-u
+  op) is not in Vela's time, so the check is then "not checked". The CPU front-end of each hop
+  (`frontend_ops`, `ops_per_hop`) is never in it either: the check says so, and the card
+  reports that cost beside it (`frontend_cost`).
+  """
+  excluded = ("the CPU front-end of each hop (STFT, mel, QEQ, quantize, mask, iSTFT: "
+              "frontend_cost), which has no device estimate")
+  if frontend_ops is not None:
+    excluded += (f"; counted: {frontend_ops['multiplies']:,} multiplies and "
+                 f"{frontend_ops['adds']:,} adds per hop")
   if vela_report is None:
-    return {"status": NOT_CHECKED, "reason": "no Vela estimate for the target"}
+    return {"status": NOT_CHECKED, "deployment": DEPLOYMENT_CORTEX_M, "budget_ms": hop_ms,
+            "reason": "no Vela estimate (no NPU target): no device time of the int8 network; "
+                      "tflm.host_ms_per_frame is this host, not the device",
+            "not_included": excluded}
   ms = 1000.0 * vela_report.inference_time_s
-  return {"status": _status(ms <= hop_ms), "target": vela_report.accelerator,
-          "compute_ms_per_frame": ms, "budget_ms": hop_ms}
+  cpu_ops = {"vela_summary": vela_report.cpu_ops, "in_vela_tflite": cpu_ops_in_file}
+  result = {"deployment": DEPLOYMENT_ETHOS_U.format(accelerator=vela_report.accelerator),
+            "target": vela_report.accelerator, "compute_ms_per_frame": ms, "budget_ms": hop_ms,
+            "checked": "Vela's inference_time of one frame (cycles_total at the system "
+                       "config's clock, summary CSV) <= hop_ms",
+            "cpu_ops": cpu_ops, "not_included": excluded}
+  if vela_report.cpu_ops or cpu_ops_in_file:
+    on_cpu = vela_report.cpu_ops or len(cpu_ops_in_file)
+    names = f" ({', '.join(sorted(set(cpu_ops_in_file)))})" if cpu_ops_in_file else ""
+    return {"status": NOT_CHECKED, **result,
+            "reason": f"Vela leaves {on_cpu} op(s) on the CPU{names}; their time is not in "
+                      "Vela's estimate"}
+  return {"status": _status(ms <= hop_ms), **result}
 
 
-def check_memory(flash_bytes, working_bytes, sram_kib, flash_kib):
-  """Weights against the flash budget, working memory (TFLM arena) against the SRAM budget."""
-  if sram_kib is None and flash_kib is None:
-    return {"status": NOT_CHECKED, "reason": "no sram_kib / flash_kib budget given",
-            "flash_bytes": flash_bytes, "working_memory_bytes": working_bytes}
-  checks = []
-  if flash_kib is not None:
-    checks.append(flash_bytes <= flash_kib * 1024)
-  if sram_kib is not None:
-    checks.append(working_bytes is not None and working_bytes <= sram_kib * 1024)
-  return {"status": _status(all(checks)), "flash_bytes": flash_bytes,
-          "flash_budget_bytes": None if flash_kib is None else int(flash_kib * 1024),
-          "working_memory_bytes": working_bytes,
-          "sram_budget_bytes": None if sram_kib is None else int(sram_kib * 1024)}
+def _budget_check(value, budget_kib, source, what, missing):
+  """One memory figure against its budget: pass / fail / not checked, with its source."""
+  budget = None if budget_kib is None else int(budget_kib * 1024)
+  check = {"bytes": value, "budget_bytes": budget, "source": source}
+  if budget is None:
+    return {"status": NOT_CHECKED, **check, "reason": f"no --{what}_kib budget given"}
+  if value is None:
+    return {"status": NOT_CHECKED, **check, "reason": missing}
+  return {"status": _status(value <= budget), **check}
+
+
+def check_memory(*, flash_bytes, flash_source, sram_bytes, sram_source, sram_missing,
+                 deployment, sram_kib, flash_kib):
+  """The deployment's flash and SRAM figures against `--flash_kib` / `--sram_kib`.
+
+  Each budget is its own check ("flash", "sram"); the memory constraint fails when one
+  fails, passes when every given budget was checked and passed, and is "not checked" when no
+  budget was given or a budget's figure was not measured (never another number in its place).
+  """
+  flash = _budget_check(flash_bytes, flash_kib, flash_source, "flash",
+                        "the model file to flash is missing")
+  sram = _budget_check(sram_bytes, sram_kib, sram_source, "sram", sram_missing)
+  budgeted = [c["status"] for c, kib in ((flash, flash_kib), (sram, sram_kib))
+              if kib is not None]
+  if FAIL in budgeted:
+    status = FAIL
+  elif budgeted and all(s == PASS for s in budgeted):
+    status = PASS
+  else:
+    status = NOT_CHECKED
+  result = {"status": status, "deployment": deployment, "flash": flash, "sram": sram}
+  if not budgeted:
+    result["reason"] = "no --sram_kib / --flash_kib budget given"
+  return result
 
 
 def card_path(path, card_dir):
@@ -99,26 +274,71 @@ def resolve_path(card_file, stored):
   return os.path.join(os.path.dirname(os.path.abspath(card_file)), stored)
 
 
-def build_model_card(*, keras_model, tflite_path, feature_config, tflm_model=None,
+def _deployment_memory(tflite_path, tflite_bytes, arena, vela_report, vela_tflite_bytes):
+  """(flash bytes, its source, SRAM bytes, its source, why SRAM may be missing, deployment)."""
+  if vela_report is not None:
+    return (vela_tflite_bytes,
+            "size of model_vela.tflite on disk (Vela's output: command stream, encoded "
+            "weights, the rest of the graph; what is flashed)",
+            vela_report.sram_bytes,
+            "Vela summary CSV sram_memory_used (the NPU's scratch and feature maps; TFLM's "
+            "own structures and the LSTM state tensors on the Cortex-M are not in it)",
+            "Vela's summary has no SRAM figure",
+            DEPLOYMENT_ETHOS_U.format(accelerator=vela_report.accelerator))
+  return (tflite_bytes, f"size of {os.path.basename(tflite_path)} on disk", arena,
+          "tflm.arena_used_bytes (arena TFLM allocated for the .tflite, from its allocation "
+          "printout)",
+          "TFLM's arena was not measured (no TFLM run, or its allocation printout had no "
+          "total): SRAM not checked", DEPLOYMENT_CORTEX_M)
+
+
+def frontend_cost_section(fe, graph, timing_hops=200):
+  """The card's `frontend_cost`: the CPU front-end of one hop around the int8 model `graph`,
+  `ops_per_hop` counted from the sizes and `host_ms_per_hop` timed on this host
+  (`tflm_export.frontend_cost`); `timing_hops` 0 leaves the host time None."""
+  quantization = []
+  for t in (graph.inputs[0], graph.outputs[0]):
+    dtype = np.dtype(t.dtype.lower())
+    quantization.append((t.scales[0], t.zero_points[0], dtype) if t.scales else None)
+  hop = frontend_cost.HopFrontend(fe, *quantization)
+  return {
+      "runs_on": "the device's CPU every hop, outside the int8 model (and outside Vela's "
+                 "estimate)",
+      "signal_path": ("analysis window, rFFT, |Y|, mel G, compression, QEQ, quantize | int8 "
+                      "model | dequantize, mask expansion Gᵀ, mask multiply, irFFT, "
+                      "synthesis window, overlap-add"),
+      "ops_per_hop": frontend_cost.ops_per_hop(fe.feature, qeq=fe.qeq_gain is not None),
+      "host_ms_per_hop": (frontend_cost.host_ms_per_hop(hop, hops=timing_hops)
+                          if timing_hops else None),
+  }
+
+
+def build_model_card(*, tflite_path, feature_config, keras_model=None, tflm_model=None,
                      vela_report=None, sram_kib=None, flash_kib=None, output_path=None,
-                     card_dir=None):
+                     card_dir=None, front_end=None, frontend_timing_hops=200):
   """Collects the model card of an exported model; writes it as JSON when `output_path` is set.
 
   Args:
-    keras_model: the float (or trained) Keras model the `.tflite` was converted from; its
-      trainable weights give the parameter counts.
-    tflite_path: the exported int8 `.tflite` file (its size on disk is reported).
+    tflite_path: the exported int8 `.tflite` file: its size on disk, its graph and the
+      parameter counts (`deployed_parameter_counts`) come from it.
     feature_config: `tf_tinyse.features.FeatureConfig` (frame, hop, sample rate) the model
       runs at; the hop is the per-frame compute budget.
+    keras_model: the Keras model the `.tflite` was converted from, or None; only for the
+      `keras_parameters` section (labelled: not the deployed model) and, without `front_end`,
+      its QEQ.
     tflm_model: a `tflm_runner.TflmModel` of the same bytes that has run some frames (for
       arena bytes and host latency); None leaves those fields None.
-    vela_report: a `vela.VelaReport` for the target; None marks the latency check and the
-      Vela fields "not checked" / None.
+    vela_report: a `vela.VelaReport` for the target: the card then judges the Ethos-U
+      deployment (Vela's SRAM, the size of its `model_vela.tflite`, Vela's time). None: TFLM
+      on a Cortex-M without NPU (the `.tflite`'s size, TFLM's arena; latency not checked).
     sram_kib, flash_kib: the device budgets; None for each budget not to check.
     output_path: where to write the card (JSON, atomically), or None.
     card_dir: the folder the card will lie in; `tflite_path` and `vela.vela_tflite_path` are
       stored relative to it (`card_path`). None: the folder of `output_path`, or, without
       one, the paths as given.
+    front_end: the `tflm_export.frontend.Frontend` exported beside the model (QEQ, feature
+      settings); None: taken from `keras_model`'s QEQ layer, or none without a model.
+    frontend_timing_hops: hops the front-end is timed over on this host; 0: not timed.
 
   Returns:
     The card as a dict (what is written).
@@ -127,20 +347,31 @@ def build_model_card(*, keras_model, tflite_path, feature_config, tflm_model=Non
   if card_dir is None and output_path is not None:
     card_dir = os.path.dirname(os.path.abspath(output_path))
   with open(tflite_path, "rb") as f:
-    graph = tflite_graph.read_graph(f.read())
+    model_bytes = f.read()
+  graph = tflite_graph.read_graph(model_bytes)
   tflite_bytes = os.path.getsize(tflite_path)
-  params, nonzero = count_parameters(keras_model)
+  deployed = deployed_parameter_counts(model_bytes)
+  if front_end is None:
+    front_end = (frontend_lib.Frontend.from_model(keras_model, feature_config)
+                 if keras_model is not None else frontend_lib.Frontend(feature_config))
   hop_ms = 1000.0 * feature_config.hop_length / feature_config.sample_rate
   arena = tflm_model.arena_used_bytes if tflm_model is not None else None
   host_s = tflm_model.mean_invoke_seconds if tflm_model is not None else None
-  # With Vela, the device holds the compiled model (weights encoded for the NPU).
-  flash_needed = vela_report.flash_bytes if vela_report is not None else tflite_bytes
-  working = arena if arena is not None else (
-      vela_report.sram_bytes if vela_report is not None else None)
+  vela_path = vela_report.vela_tflite_path if vela_report is not None else None
+  vela_bytes = (os.path.getsize(vela_path) if vela_path and os.path.isfile(vela_path)
+                else None)
+  cpu_ops_in_file = cpu_ops_of_vela_model(vela_path)
+  flash, flash_source, sram, sram_source, sram_missing, deployment = _deployment_memory(
+      tflite_path, tflite_bytes, arena, vela_report, vela_bytes)
+  fe_cost = frontend_cost_section(front_end, graph, frontend_timing_hops)
   card = {
       "tflite_path": card_path(tflite_path, card_dir),
-      "parameters": params,
-      "nonzero_parameters": nonzero,
+      "parameters": deployed["parameters"],
+      "nonzero_parameters": deployed["nonzero_parameters"],
+      "parameter_counts": {k: v for k, v in deployed.items()
+                           if k not in ("parameters", "nonzero_parameters")},
+      "frontend_parameters": frontend_parameter_counts(front_end),
+      "keras_parameters": keras_parameter_counts(keras_model),
       "tflite_bytes": tflite_bytes,
       "ops": graph.op_names(),
       "input": {"shape": list(graph.inputs[0].shape), "dtype": graph.inputs[0].dtype,
@@ -160,16 +391,25 @@ def build_model_card(*, keras_model, tflite_path, feature_config, tflm_model=Non
           "inference_ms_per_frame": 1000.0 * vela_report.inference_time_s,
           "sram_bytes": vela_report.sram_bytes,
           "flash_bytes": vela_report.flash_bytes,
+          "vela_tflite_bytes": vela_bytes,
+          "npu_ops": vela_report.npu_ops,
+          "cpu_ops": vela_report.cpu_ops,
+          "cpu_ops_in_vela_tflite": cpu_ops_in_file,
           "npu_op_fraction": vela_report.npu_op_fraction,
-          "vela_tflite_path": card_path(vela_report.vela_tflite_path, card_dir),
+          "vela_tflite_path": card_path(vela_path, card_dir),
       },
+      "frontend_cost": fe_cost,
       "algorithmic_latency_ms": feature_config.algorithmic_latency_ms,
       "hop_ms": hop_ms,
       "constraints": {
           "causal": check_causal(graph),
           "integer_only": check_integer_only(graph),
-          "latency_per_frame": check_latency(vela_report, hop_ms),
-          "memory": check_memory(flash_needed, working, sram_kib, flash_kib),
+          "latency_per_frame": check_latency(vela_report, hop_ms, cpu_ops_in_file,
+                                             fe_cost["ops_per_hop"]),
+          "memory": check_memory(flash_bytes=flash, flash_source=flash_source,
+                                 sram_bytes=sram, sram_source=sram_source,
+                                 sram_missing=sram_missing, deployment=deployment,
+                                 sram_kib=sram_kib, flash_kib=flash_kib),
       },
   }
   if output_path is not None:
@@ -310,7 +550,7 @@ def build_sparsity_section(*, config, keras_model, tflite_path, sparse_tflite_pa
       "achieved": measured["overall"],
       "kernel_weights": measured["kernel_weights"],
       "nonzero_kernel_weights": measured["nonzero_weights"],
-      "nonzero_parameters": count_parameters(keras_model)[1],
+      "nonzero_parameters": deployed_parameter_counts(tflite_bytes)["nonzero_parameters"],
       "layers": {name: {"sparsity": layer["sparsity"], "weights": layer["weights"],
                         "zeros": layer["zeros"], "threshold": layer["threshold"]}
                  for name, layer in measured["layers"].items()},

@@ -89,13 +89,36 @@ def test_writes_the_artifacts_and_a_consistent_card(exported):
   with open(output, "rb") as f:
     graph = convert.check_tflm_integer(f.read(), 2)
   assert graph.inputs[0].shape == (1, 1, TINY_QAT.feature.num_bands)
-  # The deployed weights of a 16x2 + 16 model: parameters equal the architecture's count.
-  assert card["parameters"] == model_lib.count_parameters(
-      model_lib.build_mask_model(TINY_QAT))
   assert card["tflm"]["arena_used_bytes"] > 0 and card["tflm"]["host_ms_per_frame"] > 0
   assert card["constraints"]["integer_only"]["status"] == "pass"
   assert card["constraints"]["causal"]["status"] == "pass"
-  assert card["constraints"]["memory"]["status"] == "pass"
+  # The Ethos-U deployment's figures: Vela's SRAM and the file it flashes.
+  memory = card["constraints"]["memory"]
+  assert memory["status"] == "pass" and memory["deployment"].startswith("ethos-u55-64")
+  assert memory["flash"]["bytes"] == os.path.getsize(vela_tflite)
+  assert card["vela"]["vela_tflite_bytes"] == os.path.getsize(vela_tflite)
+  assert memory["sram"]["bytes"] == card["vela"]["sram_bytes"] == int(round(
+      float(row["sram_memory_used"]) * 1024))
+
+
+def test_card_counts_the_deployed_parameters_and_the_frontend_apart(exported):
+  """A 16x2 + 16 model trained with QEQ: the .tflite holds every LSTM/Dense weight and bias
+  (trained biases are non-zero, so none is dropped), QEQ's 2 x 128 run in the front-end."""
+  output, card = exported
+  bands = TINY_QAT.feature.num_bands
+  keras_total = model_lib.count_parameters(model_lib.build_mask_model(TINY_QAT))
+  assert card["parameters"] == keras_total - 2 * bands
+  assert card["keras_parameters"]["parameters"] == keras_total
+  assert card["frontend_parameters"]["total"] == 2 * bands
+  with open(output, "rb") as f:
+    deployed = model_card.deployed_parameter_counts(f.read())
+  assert (card["parameters"], card["nonzero_parameters"]) == (
+      deployed["parameters"], deployed["nonzero_parameters"])
+  assert card["nonzero_parameters"] <= card["parameters"]
+  # The front-end's cost per hop beside the network's.
+  cost = card["frontend_cost"]
+  assert cost["ops_per_hop"]["stages"]["qeq"]["multiplies"] == bands
+  assert cost["host_ms_per_hop"]["total"] > 0
 
 
 def test_frontend_file_holds_the_trained_qeq_and_features(exported, trained_dir):
@@ -211,7 +234,9 @@ def test_cli_budget_fails_only_with_strict(trained_dir, tmp_path):
   with open(tmp_path / "relaxed" / export.CARD_FILE) as f:
     card = json.load(f)
   assert card["constraints"]["memory"]["status"] == "fail"
-  assert card["constraints"]["memory"]["flash_budget_bytes"] == 1024
+  flash = card["constraints"]["memory"]["flash"]
+  assert flash["budget_bytes"] == 1024 and flash["status"] == "fail"
+  assert flash["bytes"] == os.path.getsize(tmp_path / "relaxed" / "model_vela.tflite")
   strict = _cli(*args, "--strict", f"--output={tmp_path / 'strict' / 'model.tflite'}")
   assert strict.returncode == 2
   assert "constraint(s) failed: memory" in strict.stderr
