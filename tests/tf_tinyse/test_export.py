@@ -415,3 +415,12 @@ def test_card_paths_are_relative_and_survive_a_copy(exported, trained_dir, tmp_p
   assert card["vela"]["cycles_total"] == int(float(row["cycles_total"]))
   assert frontend.Frontend.load(resolved["frontend"]).feature == TINY_QAT.feature
   enhancer.StreamingEnhancer.from_tflite_file(resolved["tflite_path"])  # the copied pair loads
+
+
+def test_every_card_field_the_readme_names_is_in_a_real_card(exported):
+  from tests.tf_tinyse import readme_card_fields  # pylint: disable=g-import-not-at-top
+  _, card = exported
+  paths = readme_card_fields.documented_paths()
+  assert len(paths) > 40  # the table was found and parsed
+  # The sparsity fields are checked on a pruned card (test_export_sparsity).
+  assert readme_card_fields.missing_from(card, {p[0] for p, _ in paths} - {"sparsity"}) == []

@@ -213,3 +213,9 @@ def test_tfmot_model_has_no_mask_to_lift():
   model, dense_config = export_model.unmasked_model(model_lib.build_mask_model(online), online)
   assert dense_config.sparsity_structure is None
   assert not sparsity.sparse_layers(model)
+
+
+def test_every_sparsity_field_the_readme_names_is_in_a_real_card(block_export):
+  from tests.tf_tinyse import readme_card_fields  # pylint: disable=g-import-not-at-top
+  _, card = block_export
+  assert readme_card_fields.missing_from(card, {"sparsity"}) == []
