@@ -47,7 +47,7 @@ def main(argv):
   if not FLAGS.data_dir:
     raise UserError("--data_dir is required (e.g. --data_dir=tf_tinyse/demo_data)")
   base = data.DataConfig.from_flags()
-  corpus = data.discover_corpus(FLAGS.data_dir, base.validation_fraction)
+  corpus = data.discover_corpus(FLAGS.data_dir, **base.split_options())
   start = time.perf_counter()
   audio_set = data.load_audio_set(corpus.split("train"), skip_bad_audio=base.skip_bad_audio)
   print(f"loaded {len(audio_set.clean)} speech/clean and {len(audio_set.noise)} noise files "

@@ -146,7 +146,7 @@ def main(argv):
   if not FLAGS.data_dir:
     raise UserError("--data_dir is required (a corpus with a test split)")
   data_config = data.DataConfig.from_flags()
-  corpus = data.discover_corpus(FLAGS.data_dir, data_config.validation_fraction)
+  corpus = data.discover_corpus(FLAGS.data_dir, **data_config.split_options())
   examples = data.make_evaluation_set(
       corpus, FLAGS.split, seed=FLAGS.eval_seed, max_files=FLAGS.max_files,
       snr_db_range=(data_config.snr_db_min, data_config.snr_db_max))

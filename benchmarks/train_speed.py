@@ -87,7 +87,7 @@ def main(argv):
   tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
   data_config = data.DataConfig.from_flags()
   corpus = data.discover_corpus(FLAGS.data_dir or demo_data.path(),
-                                data_config.validation_fraction)
+                                **data_config.split_options())
   audio_set = data.load_audio_set(corpus.split("train"), data_config.skip_bad_audio)
   seconds_per_batch = data_config.batch_size * data_config.segment_seconds
   print(f"batch {data_config.batch_size} x {data_config.segment_seconds} s, "

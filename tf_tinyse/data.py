@@ -4,6 +4,9 @@ Two corpus layouts are understood (see `discover_corpus`):
   * `speech/` + `noise/`: clean speech and noise recorded separately, mixed on the fly;
   * `clean/` + `noisy/`: prepared pairs with matching file names (VoiceBank-DEMAND style).
 Each of the two folders is either flat or split into `train/`, `test/` (and optionally `valid/`).
+Without a `valid/` folder, validation holds out whole speakers of the training speech and whole
+noise recordings (see `discover_corpus`), so that model selection scores unseen speakers and
+noises, as the test split does.
 
 Training data follows the paper: speech and noise are re-framed into 0.8 s segments,
 continuously reshuffled and remixed; the SNR is drawn from U(-6, 9) dB and measured as a
@@ -17,6 +20,7 @@ exactly the stream an uninterrupted run would have produced.
 import collections
 import dataclasses
 import os
+import re
 import threading
 from typing import Optional, Sequence, Union
 
@@ -42,8 +46,28 @@ flags.DEFINE_float("snr_db_max", 9.0, "Highest training/evaluation SNR (LUFS dif
 flags.DEFINE_float("gain_db_max", 5.0,
                    "Training gain augmentation: overall gain drawn from U(-x, x) dB.")
 flags.DEFINE_float("validation_fraction", 0.1,
-                   "Fraction of train speech (or pairs) held out for validation when the "
-                   "corpus has no valid/ split.")
+                   "Fraction of the training speakers (speech or pairs) held out for "
+                   "validation when the corpus has no valid/ split, and fraction of the noise "
+                   "recordings held out when there is no noise/valid/ folder (0: none).")
+# LibriSpeech names a file <speaker>-<chapter>-<utterance> (1034-121119-0000.flac), the demo
+# corpus ls_<speaker>_<chapter>_<utterance>, VCTK / VoiceBank-DEMAND p<speaker>_<utterance>.
+DEFAULT_SPEAKER_ID_PATTERN = r"^(?:ls_)?(\d+)[-_]\d+[-_]\d+$|^(p\d+)_\d+$"
+# Pieces of one recording (rain_s00, rain_s01) and ESC-50 clips cut from one source recording
+# (1-17367-A, 1-17367-B) share a name once the piece number or the take letter is removed.
+DEFAULT_NOISE_SOURCE_PATTERN = r"^(.+?)(?:_s\d+|-[A-Z])?$"
+flags.DEFINE_string("speaker_id_pattern", DEFAULT_SPEAKER_ID_PATTERN,
+                    "Regex searched in each speech (or clean) file name without folder and "
+                    "extension; its first group (the first that matched, with alternatives) is "
+                    "the speaker id, and validation holds out whole speakers. The default reads "
+                    "LibriSpeech names (1034-121119-0000, ls_1034_121119_0000) and VCTK / "
+                    "VoiceBank names (p226_001). A file that does not match is a speaker of "
+                    "its own.")
+flags.DEFINE_string("noise_source_pattern", DEFAULT_NOISE_SOURCE_PATTERN,
+                    "Regex searched in each noise file name without folder and extension; its "
+                    "first group names the recording the file was cut from, and validation "
+                    "holds out whole recordings. The default drops a trailing piece number "
+                    "(rain_s00, rain_s01) or ESC-50 take letter (1-17367-A). A file that does "
+                    "not match is a recording of its own.")
 flags.DEFINE_bool("skip_bad_audio", False,
                   "Skip corrupt, empty, silent or NaN audio files with a warning instead of "
                   "stopping.")
@@ -61,6 +85,18 @@ flags.register_validator("gain_db_max", lambda v: 0 <= v <= 40,
                          "--gain_db_max must be in [0, 40]")
 flags.register_validator("validation_fraction", lambda v: 0 <= v < 1,
                          "--validation_fraction must be in [0, 1)")
+
+
+def _is_grouping_regex(value):
+  try:
+    return re.compile(value).groups >= 1
+  except (re.error, TypeError):
+    return False
+
+
+for _name in ("speaker_id_pattern", "noise_source_pattern"):
+  flags.register_validator(_name, _is_grouping_regex,
+                           f"--{_name} must be a regular expression with a (group)")
 flags.register_validator("data_parallel_calls", lambda v: v == tf.data.AUTOTUNE or v >= 1,
                          "--data_parallel_calls must be -1 (AUTOTUNE) or >= 1")
 flags.register_multi_flags_validator(
@@ -96,10 +132,19 @@ class DataConfig:
   skip_bad_audio: bool = False
   data_parallel_calls: int = tf.data.AUTOTUNE
   sample_rate: int = audio.SAMPLE_RATE
+  speaker_id_pattern: str = DEFAULT_SPEAKER_ID_PATTERN
+  noise_source_pattern: str = DEFAULT_NOISE_SOURCE_PATTERN
 
   @property
   def segment_samples(self) -> int:
     return int(round(self.segment_seconds * self.sample_rate))
+
+  def split_options(self) -> dict:
+    """The arguments of `discover_corpus` that decide the splits: `discover_corpus(dir,
+    **config.split_options())`."""
+    return {"validation_fraction": self.validation_fraction,
+            "speaker_id_pattern": self.speaker_id_pattern,
+            "noise_source_pattern": self.noise_source_pattern}
 
   @classmethod
   def from_flags(cls, flag_values=None) -> "DataConfig":
@@ -108,7 +153,9 @@ class DataConfig:
     return cls(batch_size=f.batch_size, segment_seconds=f.segment_seconds,
                snr_db_min=f.snr_db_min, snr_db_max=f.snr_db_max, gain_db_max=f.gain_db_max,
                validation_fraction=f.validation_fraction, skip_bad_audio=f.skip_bad_audio,
-               data_parallel_calls=f.data_parallel_calls)
+               data_parallel_calls=f.data_parallel_calls,
+               speaker_id_pattern=f.speaker_id_pattern,
+               noise_source_pattern=f.noise_source_pattern)
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,12 +180,18 @@ class SplitFiles:
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-  """The files of a corpus per split. `valid` may be held out of train; `test` may be empty."""
+  """The files of a corpus per split. `valid` may be held out of train; `test` may be empty.
+
+  `speaker_id_pattern` and `noise_source_pattern` are the groupings the splits were made with
+  (see `speaker_id`, `noise_source`); `validation_report` describes the validation split.
+  """
   root: str
   layout: str
   train: SplitFiles
   valid: SplitFiles
   test: SplitFiles
+  speaker_id_pattern: str = DEFAULT_SPEAKER_ID_PATTERN
+  noise_source_pattern: str = DEFAULT_NOISE_SOURCE_PATTERN
 
   def split(self, name) -> SplitFiles:
     """The files of split `name`; UserError if it has no files (e.g. no test/ folder)."""
@@ -155,17 +208,81 @@ class Corpus:
                       f"audio under '{self.root}/noise/{name}/' or a flat '{self.root}/noise/'")
     return files
 
+  def validation_report(self) -> dict:
+    """What the validation split scores, and what of it training has seen.
 
-def discover_corpus(data_dir, validation_fraction=0.1) -> Corpus:
+    `speakers`: the validation speakers; `noise_files`: the validation noise file names;
+    `shared_with_train`: the speakers and noise recordings (sources) that are in both the
+    validation and the training split (empty lists when validation is disjoint).
+    """
+    speakers = lambda files: {speaker_id(p, self.speaker_id_pattern) for p in files}
+    sources = lambda files: {noise_source(p, self.noise_source_pattern) for p in files}
+    valid_speakers, train_speakers = speakers(self.valid.clean), speakers(self.train.clean)
+    valid_sources, train_sources = sources(self.valid.noise), sources(self.train.noise)
+    return {
+        "files": len(self.valid.clean),
+        "speakers": sorted(valid_speakers),
+        "noise_files": [os.path.basename(p) for p in self.valid.noise],
+        "train_speakers": len(train_speakers),
+        "train_noise_files": len(self.train.noise),
+        "shared_with_train": {"speakers": sorted(valid_speakers & train_speakers),
+                              "noise_sources": sorted(valid_sources & train_sources)},
+        "speaker_id_pattern": self.speaker_id_pattern,
+        "noise_source_pattern": self.noise_source_pattern,
+    }
+
+
+def _stem(path):
+  return os.path.splitext(os.path.basename(os.fspath(path)))[0]
+
+
+def _group_of(path, pattern):
+  """The first group of `pattern` that matched in the file's name, else the name itself."""
+  stem = _stem(path)
+  match = re.search(pattern, stem)
+  if match:
+    for group in match.groups():
+      if group:
+        return group
+  return stem
+
+
+def speaker_id(path, pattern=DEFAULT_SPEAKER_ID_PATTERN) -> str:
+  """The speaker of a speech file, read from its name with `pattern` (`--speaker_id_pattern`).
+
+  `1034-121119-0000.flac` and `ls_1034_121119_0000.flac` are speaker `1034`, `p226_001.wav`
+  is `p226`; a name the pattern does not match is a speaker of its own (the name itself).
+  """
+  return _group_of(path, pattern)
+
+
+def noise_source(path, pattern=DEFAULT_NOISE_SOURCE_PATTERN) -> str:
+  """The recording a noise file was cut from, read from its name (`--noise_source_pattern`).
+
+  `rain__blanket_rain_s00.flac` and `..._s01.flac` are `rain__blanket_rain`,
+  `rain__esc10_1-17367-A.flac` is `rain__esc10_1-17367`; a name that does not match is a
+  recording of its own.
+  """
+  return _group_of(path, pattern)
+
+
+def discover_corpus(data_dir, validation_fraction=0.1, *,
+                    speaker_id_pattern=DEFAULT_SPEAKER_ID_PATTERN,
+                    noise_source_pattern=DEFAULT_NOISE_SOURCE_PATTERN) -> Corpus:
   """Finds the layout and the files of each split of `data_dir`.
 
-  When there is no `valid/` folder, `validation_fraction` of the train speech files (or
-  pairs) is held out for validation, picked evenly over the sorted names so that the choice
-  is deterministic. The validation noise is then the train noise (only the speakers are new):
-  noise sets are small and holding out a part of it would remove whole noise types.
+  When there is no `valid/` folder, `validation_fraction` of the training speakers (speaker
+  ids read from the file names with `speaker_id_pattern`, see `speaker_id`) are held out with
+  all their files (or pairs), picked evenly over the sorted speaker ids so that the choice is
+  deterministic. When there is no `noise/valid/` folder, `validation_fraction` of the training
+  noise recordings (`noise_source`: the pieces of one recording stay together) are held out
+  the same way, spread over the sorted names so that validation covers several noise types.
+  Validation then scores speakers and noises that training never saw, as the test split does.
+  Where the files allow no disjoint set (one speaker, one noise recording) validation shares
+  them with training, with a warning; `Corpus.validation_report` records what is shared.
   A flat folder (no train/test subfolders) is train data only, except a flat `noise/`, which
-  serves every split (with a warning when there is a test split, as test noise is then seen
-  in training).
+  also serves the test split (with a warning when there is one, as test noise is then seen in
+  training).
 
   Raises:
     UserError: data_dir missing, matching no layout, a folder without audio, unmatched pairs.
@@ -174,6 +291,7 @@ def discover_corpus(data_dir, validation_fraction=0.1) -> Corpus:
   if not os.path.isdir(root):
     raise UserError(f"data_dir '{root}' does not exist or is not a folder")
   has = lambda name: os.path.isdir(os.path.join(root, name))
+  by_speaker = lambda path: speaker_id(path, speaker_id_pattern)
   if has("speech") and has("noise"):
     layout = SPEECH_NOISE
     speech = _split_folder(os.path.join(root, "speech"))
@@ -183,11 +301,15 @@ def discover_corpus(data_dir, validation_fraction=0.1) -> Corpus:
       if speech.get("test"):
         logging.warning("data_dir '%s': noise/ is flat, so the test split uses the training "
                         "noise", root)
-      noise = {split: flat for split in SPLITS}
+      noise = {"train": flat, "test": flat}
     speech.pop("_flat", None)
     if not speech.get("valid"):
-      speech["train"], speech["valid"] = _hold_out(speech.get("train", []), validation_fraction)
-    noise["valid"] = noise.get("valid") or noise.get("train", [])
+      speech["train"], speech["valid"] = _hold_out_speakers(
+          root, "speech", speech.get("train", []), by_speaker, validation_fraction)
+    if not noise.get("valid"):
+      noise["train"], noise["valid"] = _hold_out_noise(
+          root, noise.get("train", []), lambda p: noise_source(p, noise_source_pattern),
+          validation_fraction)
     make = lambda s: SplitFiles(SPEECH_NOISE, clean=tuple(speech.get(s, ())),
                                 noise=tuple(noise.get(s, ()) if speech.get(s) else ()))
   elif has("clean") and has("noisy"):
@@ -201,7 +323,9 @@ def discover_corpus(data_dir, validation_fraction=0.1) -> Corpus:
     pairs = {s: _match_pairs(root, clean.get(s, []), noisy.get(s, []), s, flat)
              for s in SPLITS if clean.get(s) or noisy.get(s)}
     if not pairs.get("valid"):
-      pairs["train"], pairs["valid"] = _hold_out(pairs.get("train", []), validation_fraction)
+      pairs["train"], pairs["valid"] = _hold_out_speakers(
+          root, "clean", pairs.get("train", []), lambda pair: by_speaker(pair[0]),
+          validation_fraction)
     make = lambda s: SplitFiles(PAIRS, clean=tuple(c for c, _ in pairs.get(s, ())),
                                 noisy=tuple(n for _, n in pairs.get(s, ())))
   else:
@@ -210,7 +334,8 @@ def discover_corpus(data_dir, validation_fraction=0.1) -> Corpus:
         "(mixed on the fly) or 'clean/' + 'noisy/' (prepared pairs with matching file names), "
         "each flat or with train/ test/ [valid/] subfolders")
   return Corpus(root=root, layout=layout, train=make("train"), valid=make("valid"),
-                test=make("test"))
+                test=make("test"), speaker_id_pattern=speaker_id_pattern,
+                noise_source_pattern=noise_source_pattern)
 
 
 def _split_folder(folder):
@@ -221,15 +346,43 @@ def _split_folder(folder):
   return {s: audio.list_audio_files(os.path.join(folder, s), what="data_dir") for s in subdirs}
 
 
-def _hold_out(items, fraction):
-  """Splits sorted `items` into (train, valid), valid evenly spread over the names."""
+def _hold_out(items, fraction, key=lambda item: item):
+  """Splits `items` into (train, valid) by whole groups `key(item)`: `fraction` of the sorted
+  groups (at least one, never all), evenly spread over them. Nothing is held out when there
+  are fewer than two groups or `fraction` is 0."""
   items = list(items)
-  if fraction <= 0 or len(items) < 2:
+  groups = sorted({key(x) for x in items})
+  if fraction <= 0 or len(groups) < 2:
     return items, []
-  n_valid = min(len(items) - 1, max(1, int(round(fraction * len(items)))))
-  picked = {int((j + 0.5) * len(items) / n_valid) for j in range(n_valid)}
-  return ([x for i, x in enumerate(items) if i not in picked],
-          [x for i, x in enumerate(items) if i in picked])
+  n_valid = min(len(groups) - 1, max(1, int(round(fraction * len(groups)))))
+  picked = {groups[int((j + 0.5) * len(groups) / n_valid)] for j in range(n_valid)}
+  return ([x for x in items if key(x) not in picked], [x for x in items if key(x) in picked])
+
+
+def _hold_out_speakers(root, folder, items, speaker, fraction):
+  """Holds out whole speakers; with one speaker only, some of its files (with a warning)."""
+  train, valid = _hold_out(items, fraction, speaker)
+  if fraction > 0 and not valid and len(items) >= 2:
+    logging.warning("data_dir '%s': all %d %s/ training files are of speaker '%s' (see "
+                    "--speaker_id_pattern), so validation holds out files of that speaker and "
+                    "scores a speaker seen in training", root, len(items), folder,
+                    speaker(items[0]))
+    train, valid = _hold_out(items, fraction)
+  return train, valid
+
+
+def _hold_out_noise(root, files, source, fraction):
+  """(train, valid) noise: whole recordings held out; shared with a warning if impossible."""
+  if fraction <= 0 or not files:
+    return files, files
+  train, valid = _hold_out(files, fraction, source)
+  if not valid:
+    logging.warning("data_dir '%s': the %d training noise file(s) are cut from one recording "
+                    "(see --noise_source_pattern), so validation uses the training noise; add "
+                    "noise/valid/ or more recordings for validation on unseen noise", root,
+                    len(files))
+    return files, files
+  return train, valid
 
 
 def _match_pairs(root, clean_files, noisy_files, split, flat):

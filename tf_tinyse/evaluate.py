@@ -54,7 +54,7 @@ def main(argv):
   if not (FLAGS.model_dir or FLAGS.tflite):
     raise UserError("--model_dir (or --tflite) is required")
   data_config = data.DataConfig.from_flags()
-  corpus = data.discover_corpus(FLAGS.data_dir, data_config.validation_fraction)
+  corpus = data.discover_corpus(FLAGS.data_dir, **data_config.split_options())
   examples = data.make_evaluation_set(
       corpus, FLAGS.split, seed=FLAGS.eval_seed, max_files=FLAGS.max_files,
       snr_db_range=(data_config.snr_db_min, data_config.snr_db_max),

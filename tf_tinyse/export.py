@@ -482,7 +482,7 @@ def main(argv):
                     "and test audio validates the export")
   model_lib.load_config(FLAGS.model_dir)  # A bad model_dir fails before the corpus is read.
   data_config = data.DataConfig.from_flags()
-  corpus = data.discover_corpus(FLAGS.data_dir, data_config.validation_fraction)
+  corpus = data.discover_corpus(FLAGS.data_dir, **data_config.split_options())
   card = export_model_dir(FLAGS.model_dir, FLAGS.output, corpus, data_config,
                           accelerator=FLAGS.accelerator, sram_kib=FLAGS.sram_kib,
                           flash_kib=FLAGS.flash_kib,

@@ -9,6 +9,16 @@ model dir), `export/` (`model.tflite`, Vela output, `model_card.json`),
 `examples/` (noisy, clean and enhanced WAVs of a few test utterances, float and
 int8-in-TFLM), `evaluation_*.json` and `report.json`. Rerunning the
 same command resumes an interrupted training run and redoes the later stages.
+After a rerun with more --steps has changed the float model's best weights,
+the quantization-aware fine-tuning started from the old ones is stale: its
+folder is moved aside to `model_int8.stale/` (replacing an older one, with a
+warning) and fine-tuning starts again from the new float model, so that every
+number in the report comes from one float model (`train.train`'s
+`if_init_changed='restart'`, checked by the hash in `model_int8/init_from.json`).
+
+With --strategy=multi_worker every worker runs the training stages (they train
+together) but only the chief writes: the other workers write no model, report
+or example and stop after training.
 
 Stages are plain functions that read and extend one `report` dict, so later
 stages (pruning, export, sweeps) are added to `STAGES` without touching the
@@ -48,7 +58,8 @@ FLAGS = flags.FLAGS
 class Context:
   """What every stage may read: settings, data and output folders."""
 
-  def __init__(self, output_dir, data_dir, model_config, data_config, eval_seed, max_files):
+  def __init__(self, output_dir, data_dir, model_config, data_config, eval_seed, max_files,
+               strategy=None):
     self.output_dir = output_dir
     self.model_dir = os.path.join(output_dir, "model")
     self.qat_model_dir = os.path.join(output_dir, "model_int8")
@@ -56,7 +67,10 @@ class Context:
     self.data_dir = data_dir
     self.model_config = model_config
     self.data_config = data_config
-    self.corpus = data.discover_corpus(data_dir, data_config.validation_fraction)
+    self.corpus = data.discover_corpus(data_dir, **data_config.split_options())
+    # One strategy for all training stages (a multi-worker one can be made only once).
+    self.strategy = strategy
+    self.role = train.WorkerRole.from_strategy(strategy)
     self.eval_seed = eval_seed
     self.max_files = max_files
     self._test_examples = None
@@ -86,13 +100,18 @@ def _train(ctx, config, model_dir, steps, learning_rate, init_from=None, sparsit
       seed=FLAGS.seed, learning_rate=learning_rate, clip_norm=FLAGS.clip_norm,
       checkpoint_every=FLAGS.checkpoint_every, validate_every=FLAGS.validate_every,
       max_validation_files=FLAGS.max_validation_files, log_every=FLAGS.log_every,
-      strategy=train.make_strategy(FLAGS.strategy), init_from=init_from,
+      strategy=ctx.strategy, init_from=init_from,
       final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
-      validation_mixtures=FLAGS.validation_mixtures, sparsity_schedule=sparsity_schedule)
-  _, model = model_lib.load_trained(model_dir)
-  return {"steps": result["step"], "resumed_from_step": result["resumed_from"],
+      validation_mixtures=FLAGS.validation_mixtures, sparsity_schedule=sparsity_schedule,
+      if_init_changed=train.INIT_CHANGED_RESTART, worker_role=ctx.role)
+  info = {"steps": result["step"], "resumed_from_step": result["resumed_from"],
           "best_validation": result["best"], "wall_seconds_this_run": time.time() - started,
-          "parameters": model_lib.count_parameters(model), "model_dir": model_dir}
+          "model_dir": model_dir}
+  if init_from:
+    info.update(init_from=result["init_from"], restarted=result["restarted"])
+  if ctx.role.is_chief:  # elsewhere the chief may still be writing model_dir
+    info["parameters"] = model_lib.count_parameters(model_lib.load_trained(model_dir)[1])
+  return info
 
 
 def stage_train(ctx, report):
@@ -104,7 +123,11 @@ def stage_train(ctx, report):
 
 
 def stage_quantization_aware_training(ctx, report):
-  """Fine-tunes the float model with fake quantization on the int8 export grid."""
+  """Fine-tunes the float model with fake quantization on the int8 export grid.
+
+  A QAT folder fine-tuned from other float weights than today's (the float model trained on)
+  is moved aside and fine-tuning starts again (see the module docstring).
+  """
   if FLAGS.qat_steps <= 0:
     report["qat"] = None
     return
@@ -113,7 +136,7 @@ def stage_quantization_aware_training(ctx, report):
                          FLAGS.qat_learning_rate, init_from=ctx.model_dir,
                          sparsity_schedule=train.check_sparsity_flags(config, ctx.model_dir,
                                                                       FLAGS.qat_steps))
-  if config.sparsity_structure is not None:
+  if config.sparsity_structure is not None and ctx.role.is_chief:
     report["qat"]["sparsity"] = {
         k: v for k, v in sparsity.measure(model_lib.load_trained(ctx.qat_model_dir)[1]).items()
         if k != "layers"}
@@ -193,6 +216,8 @@ def stage_examples(ctx, report):
   report["examples"] = {"folder": folder, "files": written}
 
 
+# The stages every worker of a multi-worker cluster runs; the others only the chief runs.
+TRAINING_STAGES = ("train", "quantization_aware_training")
 STAGES = [("train", stage_train), ("evaluate_fp32", stage_evaluate_float),
           ("streaming_check", stage_streaming_check),
           ("quantization_aware_training", stage_quantization_aware_training),
@@ -208,6 +233,9 @@ def print_report(report):
     if info:
       print(f"{'float training' if key == 'train' else 'QAT fine-tuning'}: {info['steps']} "
             f"steps, {info['parameters']:,} parameters -> {info['model_dir']}")
+      if info.get("restarted"):
+        print(f"  fine-tuned again from the new float model; the stale run is in "
+              f"{info['restarted']['stale_model_dir']}")
       if info.get("sparsity"):
         print(f"  pruned to sparsity {info['sparsity']['pruned']:.3f} (zero kernel weights "
               f"{info['sparsity']['overall']:.3f}, {info['sparsity']['nonzero_weights']:,} "
@@ -244,16 +272,23 @@ def main(argv):
     train.check_sparsity_flags(dataclasses.replace(model_config, quantize=True), None,
                                FLAGS.qat_steps)
   ctx = Context(FLAGS.output_dir, data_dir, model_config,
-                data.DataConfig.from_flags(), FLAGS.eval_seed, FLAGS.max_files)
-  os.makedirs(ctx.model_dir, exist_ok=True)
+                data.DataConfig.from_flags(), FLAGS.eval_seed, FLAGS.max_files,
+                strategy=train.make_strategy(FLAGS.strategy))
   report = {"data_dir": data_dir, "output_dir": ctx.output_dir,
             "report_json": os.path.join(ctx.output_dir, "report.json"), "stages": {}}
   for name, stage in STAGES:
+    if not ctx.role.is_chief and name not in TRAINING_STAGES:
+      continue
     started = time.time()
     logging.info("stage %s", name)
     stage(ctx, report)
     report["stages"][name] = {"seconds": time.time() - started}
-    fileio.write_json_atomic(report["report_json"], report)
+    if ctx.role.is_chief:
+      fileio.write_json_atomic(report["report_json"], report)
+  if not ctx.role.is_chief:
+    print(f"{ctx.role.task_type} {ctx.role.task_id}: training done; the chief writes the "
+          f"model, the export and the report into {ctx.output_dir}")
+    return
   print_report(report)
 
 

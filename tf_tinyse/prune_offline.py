@@ -771,7 +771,7 @@ def main(argv):
   block_size = sparsity.block_size_from_shape(FLAGS.block_shape)
   check_source(FLAGS.model_dir, FLAGS.sparsity_structure, FLAGS.output_dir)
   data_config = data.DataConfig.from_flags()
-  corpus = data.discover_corpus(FLAGS.data_dir, data_config.validation_fraction)
+  corpus = data.discover_corpus(FLAGS.data_dir, **data_config.split_options())
   result = prune(FLAGS.model_dir, FLAGS.output_dir, FLAGS.sparsity_structure, block_size,
                  FLAGS.target_sparsity, corpus, data_config, seed=FLAGS.seed,
                  max_validation_files=FLAGS.max_validation_files,

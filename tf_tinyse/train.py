@@ -5,13 +5,32 @@
 Checkpoints go to OUT/checkpoints every --checkpoint_every steps, at the end
 and when the run is interrupted (Ctrl-C, SIGTERM); running the same command
 again resumes from the newest one. TensorBoard logs go to OUT/logs; the
-weights with the best validation SI-SDR go to OUT/best.
+weights with the best validation SI-SDR go to OUT/best, with OUT/best/info.json
+(scores, step, and which speakers and noises the validation split holds).
+
+A run started with --init_from=SRC records what it started from in
+OUT/init_from.json (SRC, its best step, a hash of its weights). Resuming it
+with --init_from=SRC after SRC has changed (e.g. trained on with more --steps)
+is refused: the new weights would be mixed with a run fine-tuned from the old
+ones. The main job (tf_tinyse.pipeline) instead moves the stale folder aside
+and fine-tunes again.
+
+With --strategy=multi_worker only the chief (task 'chief', or worker 0 when the
+cluster has no chief) writes OUT; the other workers restore from OUT (it must
+be a shared folder to resume) and write into temporary folders that are removed
+at the end, as TensorFlow's multi-worker guide does.
 """
 import contextlib
+import dataclasses
+import hashlib
+import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from typing import Optional
 
 from absl import flags
 from absl import logging
@@ -46,7 +65,9 @@ flags.DEFINE_integer("validation_mixtures", 1, "Noisy mixtures of each validatio
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalars.")
 flags.DEFINE_integer("seed", 0, "Seed for weights and the data stream: same seed, same run.")
 flags.DEFINE_string("init_from", None, "Start a new run from the best weights of this model_dir "
-                    "(same layer sizes), e.g. to fine-tune a float model with --quantize.")
+                    "(same layer sizes), e.g. to fine-tune a float model with --quantize. "
+                    "Recorded in --model_dir's init_from.json; resuming after these weights "
+                    "changed is refused (use a new --model_dir to fine-tune the new ones).")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy: one device, all local GPUs (MirroredStrategy), or "
                   "several machines from TF_CONFIG (MultiWorkerMirroredStrategy).")
@@ -59,7 +80,10 @@ flags.register_validator("learning_rate", lambda v: v > 0, message="--learning_r
 FLAGS = flags.FLAGS
 CHECKPOINTS = model_lib.CHECKPOINTS
 BEST_INFO = os.path.join("best", "info.json")
+INIT_RECORD = "init_from.json"
 QEQ_CALIBRATION_BATCHES = 4
+# What train() does when --init_from changed since model_dir's checkpoints started from it.
+INIT_CHANGED_ERROR, INIT_CHANGED_RESTART = "error", "restart"
 
 
 def make_strategy(name):
@@ -72,6 +96,62 @@ def make_strategy(name):
                       "(cluster and task of this worker); see the README")
     return tf.distribute.MultiWorkerMirroredStrategy()
   return tf.distribute.get_strategy()
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRole:
+  """This process's task in a tf.distribute cluster; only the chief writes model_dir.
+
+  Outside a cluster (`task_type` None) the process is the chief. In a cluster the chief is
+  task 'chief', or worker 0 when the cluster has no 'chief' job (TF's multi-worker guide).
+  """
+  task_type: Optional[str] = None
+  task_id: int = 0
+  cluster_has_chief: bool = False
+
+  @property
+  def is_chief(self) -> bool:
+    if self.task_type is None or self.task_type == "chief":
+      return True
+    return self.task_type == "worker" and self.task_id == 0 and not self.cluster_has_chief
+
+  @classmethod
+  def from_tf_config(cls, tf_config) -> "WorkerRole":
+    """The role a TF_CONFIG value (a dict or its JSON text) gives; {} or None: no cluster."""
+    if isinstance(tf_config, str):
+      tf_config = json.loads(tf_config) if tf_config.strip() else {}
+    tf_config = tf_config or {}
+    task = tf_config.get("task") or {}
+    if not task.get("type"):
+      return cls()
+    return cls(task_type=task["type"], task_id=int(task.get("index", 0)),
+               cluster_has_chief=bool((tf_config.get("cluster") or {}).get("chief")))
+
+  @classmethod
+  def from_strategy(cls, strategy) -> "WorkerRole":
+    """The role from the strategy's cluster resolver (single-machine strategies: chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+      return cls()
+    return cls(task_type=resolver.task_type, task_id=int(resolver.task_id or 0),
+               cluster_has_chief=bool(resolver.cluster_spec().as_dict().get("chief")))
+
+
+@contextlib.contextmanager
+def _write_folder(model_dir, role):
+  """Yields where this process writes: model_dir for the chief, else a temporary folder
+  (removed afterwards) so that workers do not overwrite the chief's files."""
+  if role.is_chief:
+    os.makedirs(model_dir, exist_ok=True)
+    yield model_dir
+    return
+  folder = tempfile.mkdtemp(prefix=f"tf_tinyse_{role.task_type}_{role.task_id}_")
+  logging.info("%s %d is not the chief: writing into %s instead of %s", role.task_type,
+               role.task_id, folder, model_dir)
+  try:
+    yield folder
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class Trainer:
@@ -199,15 +279,21 @@ def fit_qeq_into_quantization_range(model, config, batches, percentile=99.9):
 
 
 def validate(model, config, examples):
-  """Mean SI-SDR of enhanced and noisy validation utterances (whole-utterance pass)."""
+  """Mean SI-SDR of enhanced and noisy validation utterances (whole-utterance pass).
+
+  Means are taken as in the evaluation summaries (`metrics.mean_for_summary`): an output
+  that is silent or orthogonal to the speech enters at the floor, not at -150 dB, so one
+  broken utterance does not decide which checkpoint is best; `floored` counts them.
+  """
   enhance = enhancer.Enhancer(model, config)
   enhanced_scores, noisy_scores = [], []
   for example in examples:
     enhanced_scores.append(metrics.si_sdr(example.clean, enhance(example.noisy)))
     noisy_scores.append(metrics.si_sdr(example.clean, example.noisy))
-  return {"si_sdr": float(np.mean(enhanced_scores)),
-          "si_sdr_noisy": float(np.mean(noisy_scores)),
-          "si_sdr_improvement": float(np.mean(enhanced_scores) - np.mean(noisy_scores))}
+  enhanced, floored = metrics.mean_for_summary("si_sdr", enhanced_scores)
+  noisy, _ = metrics.mean_for_summary("si_sdr", noisy_scores)
+  return {"si_sdr": enhanced, "si_sdr_noisy": noisy, "si_sdr_improvement": enhanced - noisy,
+          "floored": floored}
 
 
 @contextlib.contextmanager
@@ -225,13 +311,70 @@ def _interrupts_raise():
     signal.signal(signal.SIGTERM, previous)
 
 
-def _read_best(model_dir):
-  path = os.path.join(model_dir, BEST_INFO)
+def _read_json(path):
   if not os.path.isfile(path):
     return None
-  import json  # pylint: disable=g-import-not-at-top
   with open(path) as f:
     return json.load(f)
+
+
+def _read_best(model_dir):
+  return _read_json(os.path.join(model_dir, BEST_INFO))
+
+
+def init_record(init_from, model) -> dict:
+  """What a run initialized from `init_from` starts from: the folder, the step of its best
+  weights and a hash of the weights `model` (loaded from it) holds."""
+  digest = hashlib.sha256()
+  for weight in model.get_weights():
+    weight = np.ascontiguousarray(weight)
+    digest.update(f"{weight.dtype.str}{weight.shape}".encode())
+    digest.update(weight.tobytes())
+  best = _read_best(init_from) or {}
+  return {"path": os.path.abspath(init_from), "best_step": best.get("step"),
+          "weights_sha256": digest.hexdigest()}
+
+
+def _check_init_from(model_dir, init_from, if_changed, role):
+  """Did `init_from` change since model_dir's checkpoints started from it?
+
+  Returns None when there is nothing to resume or it started from today's `init_from`
+  (compared by the hash of the weights). Otherwise, with `if_changed` 'error', raises a
+  UserError (a model_dir without a record, from before records were kept, only warns); with
+  'restart', the chief moves model_dir aside to `<model_dir>.stale` (replacing an older one)
+  and this returns {'reason', 'stale_model_dir'}: train from the start.
+  """
+  if tf.train.get_checkpoint_state(os.path.join(model_dir, CHECKPOINTS)) is None:
+    return None
+  recorded = _read_json(os.path.join(model_dir, INIT_RECORD))
+  current = init_record(init_from, model_lib.load_trained(init_from)[1])
+  if recorded is not None and recorded.get("weights_sha256") == current["weights_sha256"]:
+    return None
+  if recorded is None:
+    reason = (f"model_dir '{model_dir}' has checkpoints but no {INIT_RECORD} saying which "
+              f"weights of --init_from '{init_from}' it started from")
+  else:
+    describe = lambda step: ("weights without best/info.json" if step is None else
+                             f"best weights of step {step}")
+    then, now = recorded.get("best_step"), current["best_step"]
+    reason = (f"--init_from '{init_from}' changed since model_dir '{model_dir}' was started "
+              f"from it (then: {describe(then)}; now: "
+              f"{'other weights of the same step' if then == now else describe(now)})")
+  if if_changed == INIT_CHANGED_ERROR:
+    if recorded is None:
+      logging.warning("%s: resuming it unchecked", reason)
+      return None
+    raise UserError(f"{reason}; to fine-tune the new weights move or delete '{model_dir}' (or "
+                    "use a new --model_dir), to finish the old run resume it without "
+                    "--init_from")
+  stale = os.path.normpath(model_dir) + ".stale"
+  if role.is_chief:
+    if os.path.isdir(stale):
+      shutil.rmtree(stale)
+    os.replace(model_dir, stale)
+    logging.warning("%s: moved the stale run to '%s'; training '%s' again from the new weights",
+                    reason, stale, model_dir)
+  return {"reason": reason, "stale_model_dir": stale}
 
 
 def _save_best(model, model_dir, info):
@@ -260,15 +403,52 @@ def check_config_matches(model_dir, config):
 def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1e-3,
           clip_norm=3.0, checkpoint_every=200, validate_every=500, max_validation_files=16,
           log_every=50, strategy=None, progress=True, init_from=None,
-          final_learning_rate_fraction=0.1, validation_mixtures=1, sparsity_schedule=None):
+          final_learning_rate_fraction=0.1, validation_mixtures=1, sparsity_schedule=None,
+          if_init_changed=INIT_CHANGED_ERROR, worker_role=None):
   """Trains (or resumes) up to `steps` total steps. Returns a summary dict.
 
   `sparsity_schedule` (`sparsity.Schedule`): the target sparsity over the steps for a pruned
   `config` (online: the sparsity loss follows it; the best checkpoint is only picked among
   validations at the final target). sparsity.json in `model_dir` describes best/.
+
+  `init_from`: a model_dir whose best weights start a new run; recorded in
+  `model_dir/init_from.json`. When model_dir already has checkpoints started from other
+  weights of `init_from`, `if_init_changed` 'error' raises a UserError, 'restart' moves
+  model_dir aside to `<model_dir>.stale` and trains from the start (see `_check_init_from`).
+
+  `worker_role` (`WorkerRole`, default: from the strategy's cluster resolver): only the chief
+  writes into model_dir; other workers read checkpoints and best/info.json from it and write
+  into a temporary folder.
+
+  The summary: 'step', 'resumed_from', 'best' (best/info.json: scores, step and the
+  `Corpus.validation_report` of the validation split they were measured on), 'init_from'
+  (the record, or None) and 'restarted' (None, or why a stale model_dir was moved aside).
   """
+  if if_init_changed not in (INIT_CHANGED_ERROR, INIT_CHANGED_RESTART):
+    raise ValueError(f"if_init_changed must be {INIT_CHANGED_ERROR!r} or "
+                     f"{INIT_CHANGED_RESTART!r}, got {if_init_changed!r}")
   strategy = strategy or tf.distribute.get_strategy()
-  check_config_matches(model_dir, config)
+  role = worker_role or WorkerRole.from_strategy(strategy)
+  model_dir = os.fspath(model_dir)
+  restarted = _check_init_from(model_dir, init_from, if_init_changed, role) if init_from else None
+  # A restart does not read the stale run (a worker may look before the chief moved it).
+  read_dir = None if restarted else model_dir
+  if read_dir:
+    check_config_matches(read_dir, config)
+  with _write_folder(model_dir, role) as out_dir:
+    return _train(config, data_config, corpus, read_dir, out_dir, steps, seed, learning_rate,
+                  clip_norm, checkpoint_every, validate_every, max_validation_files, log_every,
+                  strategy, progress, init_from, final_learning_rate_fraction,
+                  validation_mixtures, sparsity_schedule, restarted,
+                  checkpoints_shown=os.path.join(model_dir, CHECKPOINTS))
+
+
+def _train(config, data_config, corpus, read_dir, out_dir, steps, seed, learning_rate,
+           clip_norm, checkpoint_every, validate_every, max_validation_files, log_every,
+           strategy, progress, init_from, final_learning_rate_fraction, validation_mixtures,
+           sparsity_schedule, restarted, checkpoints_shown):
+  """train() once the folders are decided: resumes from `read_dir` (None: from the start),
+  writes into `out_dir`."""
   keras.utils.set_random_seed(seed)
   if config.sparsity_structure is not None and sparsity_schedule is None:
     sparsity_schedule = sparsity.Schedule(end_step=max(1, int(0.6 * steps)))
@@ -278,23 +458,31 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
   checkpoint = tf.train.Checkpoint(model=trainer.train_model, optimizer=trainer.optimizer,
                                    step=trainer.step,
                                    sparsity_multiplier=trainer.sparsity_multiplier)
-  manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINTS),
+  manager = tf.train.CheckpointManager(checkpoint, os.path.join(out_dir, CHECKPOINTS),
                                        max_to_keep=3)
   # The newest checkpoint that reads: one cut short (full disk, killed copy) is skipped.
-  restored = model_lib.restore_newest_checkpoint(checkpoint, manager.directory)
+  restored = read_dir and model_lib.restore_newest_checkpoint(
+      checkpoint, os.path.join(read_dir, CHECKPOINTS))
   if restored:
     logging.info("resumed from %s at step %d", restored, int(trainer.step.numpy()))
-  model_lib.save_config(model_dir, config)
+  model_lib.save_config(out_dir, config)
   start_step = int(trainer.step.numpy())
+  summary = {"step": start_step, "resumed_from": start_step,
+             "best": _read_best(read_dir) if read_dir else None,
+             "init_from": _read_json(os.path.join(read_dir, INIT_RECORD)) if (
+                 read_dir and init_from) else None,
+             "restarted": restarted}
   if start_step >= steps:
     logging.info("already trained for %d steps (--steps=%d): nothing to do", start_step, steps)
-    return {"step": start_step, "resumed_from": start_step, "best": _read_best(model_dir)}
+    return summary
 
   train_data = data.load_audio_set(corpus.split("train"), data_config.skip_bad_audio)
   validation = data.make_evaluation_set(
       corpus, "valid", seed=seed, max_files=max_validation_files,
       snr_db_range=(data_config.snr_db_min, data_config.snr_db_max),
       skip_bad_audio=data_config.skip_bad_audio, mixtures_per_file=validation_mixtures)
+  validation_data = corpus.validation_report()
+  _warn_about_shared_validation(validation_data)
   dataset = data.make_training_dataset(train_data, data_config, seed=seed, start_step=start_step)
   # A separate, seed-derived stream: the training stream stays a function of the step.
   calibration = data.make_training_dataset(train_data, data_config, seed=seed + 1).take(
@@ -305,10 +493,14 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
         config.lstm_units, config.dense_units, config.use_qeq):
       raise UserError(f"--init_from '{init_from}' holds a model of other layer sizes; "
                       "its weights do not fit this model")
+    # Recorded before the first checkpoint: a rerun checks that init_from is still the same.
+    summary["init_from"] = init_record(init_from, source)
+    fileio.write_json_atomic(os.path.join(out_dir, INIT_RECORD), summary["init_from"])
     # By name: a dense source initializes a sparse model (its thresholds start at 0, keeping
     # every weight), an offline-pruned one also passes its masks on.
     model_lib.copy_weights(source, trainer.model)
-    logging.info("initialized from %s", init_from)
+    logging.info("initialized from %s (best weights of step %s)", init_from,
+                 summary["init_from"]["best_step"])
     if config.quantize and config.use_qeq and not source_config.quantize:
       logging.info("QEQ scaled into the quantization range by 1/%.2f",
                    fit_qeq_into_quantization_range(trainer.model, config, calibration))
@@ -319,8 +511,8 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
                    fit_qeq_into_quantization_range(trainer.model, config, calibration))
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
-  writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
-  best = _read_best(model_dir)
+  writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs"))
+  best = summary["best"]
   bar = tqdm.tqdm(total=steps, initial=start_step, disable=not progress, unit="step",
                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
   step = start_step
@@ -363,15 +555,15 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
                        _at_target(final, sparsity_schedule, step))
           if at_target and (best is None or not best.get("at_target", True) or
                             scores["si_sdr"] > best["si_sdr"]):
-            best = dict(scores, step=step, at_target=True)
-            _save_best(final, model_dir, best)
+            best = dict(scores, step=step, at_target=True, validation_data=validation_data)
+            _save_best(final, out_dir, best)
             if config.sparsity_structure is not None:
-              sparsity.write_report(model_dir, final, config, sparsity_schedule, step)
+              sparsity.write_report(out_dir, final, config, sparsity_schedule, step)
           elif step == steps and best is None:
             # Never at the target: keep the final model, marked as such.
-            best = dict(scores, step=step, at_target=False)
-            _save_best(final, model_dir, best)
-            report = sparsity.write_report(model_dir, final, config, sparsity_schedule,
+            best = dict(scores, step=step, at_target=False, validation_data=validation_data)
+            _save_best(final, out_dir, best)
+            report = sparsity.write_report(out_dir, final, config, sparsity_schedule,
                                            step)
             logging.warning("the model ended at sparsity %.3f, not the target %.3f: raise "
                             "--steps or --sparsity_loss_weight", report["pruned"],
@@ -381,9 +573,23 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
     manager.save(checkpoint_number=step)
     bar.close()
     raise UserError(f"interrupted at step {step}; checkpoint saved in "
-                    f"{os.path.join(model_dir, CHECKPOINTS)}: run the same command to resume")
+                    f"{checkpoints_shown}: run the same command to resume")
   bar.close()
-  return {"step": step, "resumed_from": start_step, "best": best}
+  return dict(summary, step=step, best=best)
+
+
+def _warn_about_shared_validation(validation_data):
+  """Warns when validation scores speakers or noise recordings that training also sees."""
+  shared = validation_data["shared_with_train"]
+  parts = [f"{len(shared[key])} {what} ({', '.join(shared[key][:3])}"
+           f"{', ...' if len(shared[key]) > 3 else ''})"
+           for key, what in (("speakers", "speaker(s)"), ("noise_sources", "noise recording(s)"))
+           if shared[key]]
+  if parts:
+    logging.warning("the validation split shares %s with the training split: its scores, and "
+                    "the best checkpoint picked by them, favour seen data (see "
+                    "--speaker_id_pattern, --noise_source_pattern and the valid/ folders)",
+                    " and ".join(parts))
 
 
 def check_sparsity_flags(config, init_from, steps, flag_values=FLAGS):
@@ -422,8 +628,7 @@ def main(argv):
   schedule = check_sparsity_flags(config, FLAGS.init_from, FLAGS.steps)
   strategy = make_strategy(FLAGS.strategy)
   data_config = data.DataConfig.from_flags()
-  corpus = data.discover_corpus(FLAGS.data_dir, data_config.validation_fraction)
-  os.makedirs(FLAGS.model_dir, exist_ok=True)
+  corpus = data.discover_corpus(FLAGS.data_dir, **data_config.split_options())
   result = train(config, data_config, corpus, FLAGS.model_dir, FLAGS.steps, seed=FLAGS.seed,
                  learning_rate=FLAGS.learning_rate, clip_norm=FLAGS.clip_norm,
                  checkpoint_every=FLAGS.checkpoint_every, validate_every=FLAGS.validate_every,

@@ -70,6 +70,17 @@ def _write_model_dir(model_dir, with_weights):
   return model_dir
 
 
+def _stale_init_dir(model_dir, init_from):
+  """A model dir whose checkpoints say they started from other weights of `init_from`."""
+  os.makedirs(os.path.join(model_dir, "checkpoints"))
+  with open(os.path.join(model_dir, "checkpoints", "checkpoint"), "w") as f:
+    f.write('model_checkpoint_path: "ckpt-2"\nall_model_checkpoint_paths: "ckpt-2"\n')
+  fileio.write_json_atomic(os.path.join(model_dir, "init_from.json"),
+                           {"path": os.path.abspath(init_from), "best_step": 2,
+                            "weights_sha256": "0" * 64})
+  return str(model_dir)
+
+
 def _stereo_44k(path):
   speech = audio.read_audio(_demo_files("speech", 1)[0])[:24000]  # 1.5 s
   wave = soxr.resample(speech, 16000, 44100)
@@ -91,12 +102,19 @@ def _cases(tmp):
   no_model = str(tmp / "no_model")
   os.makedirs(no_model)
   untrained = str(_write_model_dir(tmp / "untrained", with_weights=False))
+  init_source = str(_write_model_dir(tmp / "init_source", with_weights=True))
+  stale_init = _stale_init_dir(tmp / "stale_init", init_source)
   noisy = str(tmp / "noisy.wav")
   sf.write(noisy, audio.read_audio(_demo_files("speech", 1)[0])[:16000], 16000)
   train = lambda *args: ("train", [f"--model_dir={model_dir}", *TINY_FLAGS, *args])
   enhance = lambda *args: ("enhance", [f"--model_dir={untrained}", *args])
   speech_dir = os.path.join(layouts["corrupt"], "speech")
   data_dir = f"--data_dir={demo_data.path()}"
+  flat = tmp / "flat"  # a flat corpus: training data only (README, "Your own data")
+  for kind, count in (("speech", 2), ("noise", 1)):
+    os.makedirs(flat / kind)
+    for f in _demo_files(kind, count):
+      shutil.copy(f, flat / kind)
   return {
       # Without --data_dir, train uses the built-in demo corpus; without --model_dir it stops.
       "missing_model_dir": ("train", [*TINY_FLAGS], 2, r"--model_dir is required"),
@@ -126,12 +144,24 @@ def _cases(tmp):
                           r"--block_shape must be 1xB"),
       "tfmot_units": (*train(data_dir, "--sparsity_structure=unit", "--pruning=tfmot"), 2,
                       r"--pruning=tfmot cannot prune units"),
+      "bad_speaker_id_pattern": (*train(data_dir, "--speaker_id_pattern=[0-9]+"), 1,
+                                 r"--speaker_id_pattern must be a regular expression with a "
+                                 r"\(group\)"),
+      "init_from_changed": (
+          "train", [f"--model_dir={stale_init}", f"--init_from={init_source}", data_dir,
+                    *TINY_FLAGS], 2,
+          r"--init_from '.*init_source' changed since model_dir '.*stale_init' was started from "
+          r"it \(then: best weights of step 2; now: weights without best/info\.json\); to "
+          r"fine-tune the new weights move or delete '.*stale_init'"),
       "offline_without_pruned_model": (*train(data_dir, "--sparsity_structure=weight",
                                               "--pruning=offline"), 2,
                                        r"--pruning=offline fine-tunes a model pruned by"),
       "evaluate_without_model": (
           "evaluate", [f"--model_dir={no_model}", data_dir, "--max_files=1"], 2,
           r"model_dir '.*no_model' holds no config\.json"),
+      "evaluate_flat_corpus": (
+          "evaluate", [f"--model_dir={untrained}", f"--data_dir={flat}", "--max_files=1"], 2,
+          r"data_dir '.*flat' has no test split: expected audio under '.*flat/speech/test/'"),
       "enhance_without_model": (
           "enhance", [f"--model_dir={no_model}", f"--input={noisy}",
                       f"--output={tmp / 'out.wav'}"], 2,
@@ -257,8 +287,10 @@ def outcomes(tmp_path_factory):
 CASE_NAMES = ["missing_model_dir", "missing_folder", "empty_folder", "empty_layout",
               "corrupt_audio", "silent_audio", "nan_audio", "unknown_flag", "missing_flagfile",
               "malformed_flagfile", "non_integer_units", "zero_batch", "bad_block_shape",
-              "tfmot_units", "offline_without_pruned_model",
-              "evaluate_without_model", "enhance_without_model", "enhance_without_weights",
+              "tfmot_units", "bad_speaker_id_pattern", "init_from_changed",
+              "offline_without_pruned_model",
+              "evaluate_without_model", "evaluate_flat_corpus", "enhance_without_model",
+              "enhance_without_weights",
               "enhance_nothing", "enhance_input_and_input_dir", "enhance_input_without_output",
               "enhance_input_with_output_dir", "enhance_dir_without_output_dir",
               "enhance_glob_with_output", "enhance_output_dir_inside_input_dir",

@@ -2,6 +2,7 @@
 import copy
 import glob
 import os
+from unittest import mock
 
 from absl import flags
 from absl.testing import flagsaver
@@ -61,8 +62,14 @@ def test_demo_corpus_layout_and_held_out_validation():
   assert corpus.layout == data.SPEECH_NOISE
   assert (len(corpus.train.clean), len(corpus.valid.clean), len(corpus.test.clean)) == (41, 4, 8)
   assert not set(corpus.train.clean) & set(corpus.valid.clean)
-  assert corpus.valid.noise == corpus.train.noise  # validation uses the train noise
+  # Validation noise is held out too: 4 of the 42 recordings, of 4 different noise types.
+  assert (len(corpus.train.noise), len(corpus.valid.noise)) == (38, 4)
+  assert not set(corpus.valid.noise) & set(corpus.train.noise)
+  assert len({os.path.basename(p).split("__")[0] for p in corpus.valid.noise}) == 4
   assert len(corpus.test.noise) == 8 and not set(corpus.test.noise) & set(corpus.train.noise)
+  report = corpus.validation_report()
+  assert report["speakers"] == ["1992", "3526", "5703", "7800"] and report["files"] == 4
+  assert report["shared_with_train"] == {"speakers": [], "noise_sources": []}
   assert data.discover_corpus(demo_data.path()) == corpus  # deterministic
 
 
@@ -72,13 +79,14 @@ def test_speech_noise_flat_layout_has_no_test_split(tmp_path):
   corpus = data.discover_corpus(str(tmp_path), validation_fraction=0.2)
   assert corpus.layout == data.SPEECH_NOISE
   assert len(corpus.train.clean) == 4 and len(corpus.valid.clean) == 1
-  assert len(corpus.train.noise) == 2
-  assert corpus.split("valid").noise == corpus.train.noise
+  # Two noise recordings: one trains, the other is the validation noise.
+  assert len(corpus.train.noise) == 1 and len(corpus.split("valid").noise) == 1
+  assert corpus.valid.noise != corpus.train.noise
   with pytest.raises(UserError, match=r"has no test split: expected audio under '.*speech/test/'"):
     corpus.split("test")
 
 
-def test_speech_noise_with_valid_folder_holds_nothing_out(tmp_path):
+def test_speech_noise_with_valid_folder_holds_no_speech_out(tmp_path):
   for split, n in (("train", 3), ("valid", 2), ("test", 2)):
     _write_crops(str(tmp_path / "speech" / split), _demo("speech", "train")[10 * n:10 * n + n],
                  seconds=1.0)
@@ -86,7 +94,15 @@ def test_speech_noise_with_valid_folder_holds_nothing_out(tmp_path):
   _write_crops(str(tmp_path / "noise" / "test"), _demo("noise", "test")[:1], seconds=1.0)
   corpus = data.discover_corpus(str(tmp_path))
   assert [len(corpus.split(s).clean) for s in data.SPLITS] == [3, 2, 2]
-  assert len(corpus.test.noise) == 1 and corpus.valid.noise == corpus.train.noise
+  # No noise/valid/: one of the two training noise recordings is held out for validation.
+  assert len(corpus.test.noise) == 1 and len(corpus.valid.noise) == 1
+  assert not set(corpus.valid.noise) & set(corpus.train.noise)
+  # A noise/valid/ folder is used as it is.
+  _write_crops(str(tmp_path / "noise" / "valid"), _demo("noise", "train")[5:6], seconds=1.0)
+  corpus = data.discover_corpus(str(tmp_path))
+  assert len(corpus.train.noise) == 2 and corpus.valid.noise == (
+      str(tmp_path / "noise" / "valid" / os.path.basename(_demo("noise", "train")[5])[:-5]) +
+      ".wav",)
 
 
 def test_pairs_layout_flat_and_split(tmp_path):
@@ -128,6 +144,115 @@ def test_unknown_layout_and_missing_folder_errors(tmp_path):
   (tmp_path / "noise").mkdir()
   with pytest.raises(UserError, match=r"data_dir '.*speech' holds no audio files"):
     data.discover_corpus(str(tmp_path))
+
+
+def _write_named(folder, names, seconds=0.5):
+  """Writes the same short real speech crop under each of `names` (file names only matter)."""
+  os.makedirs(folder, exist_ok=True)
+  wave = audio.read_audio(_demo("speech", "train")[0])[:int(seconds * audio.SAMPLE_RATE)]
+  paths = [os.path.join(folder, name) for name in names]
+  for path in paths:
+    audio.write_audio(path, wave)
+  return paths
+
+
+def test_speaker_ids_and_noise_sources_from_file_names():
+  assert data.speaker_id("x/1034-121119-0000.flac") == "1034"
+  assert data.speaker_id("ls_1034_121119_0000.flac") == "1034"
+  assert data.speaker_id("clean/p226_001.wav") == "p226"
+  assert data.speaker_id("interview_07.wav") == "interview_07"  # no match: its own speaker
+  assert data.speaker_id("anna-03.wav", r"^([a-z]+)-") == "anna"
+  assert data.noise_source("rain__blanket_rain_s00.flac") == "rain__blanket_rain"
+  assert data.noise_source("rain__blanket_rain_s01.flac") == "rain__blanket_rain"
+  assert data.noise_source("rain__esc10_1-17367-A.flac") == "rain__esc10_1-17367"
+  assert data.noise_source("1-17367-B.ogg") == "1-17367"
+  assert data.noise_source("hum.wav") == "hum"
+  assert data.noise_source("street-07.wav", r"^(\w+)-\d+$") == "street"
+
+
+def test_validation_holds_out_whole_speakers(tmp_path):
+  # 5 speakers with 3 utterances each, in both LibriSpeech spellings, and one unmatched name.
+  names = [f"{s}-121119-000{u}.wav" for s in (19, 26, 32) for u in range(3)]
+  names += [f"ls_{s}_5140_000{u}.wav" for s in (40, 78) for u in range(3)] + ["zz_notes.wav"]
+  _write_named(str(tmp_path / "speech"), names)
+  _write_crops(str(tmp_path / "noise"), _demo("noise", "train")[:1], seconds=1.0)
+  corpus = data.discover_corpus(str(tmp_path), validation_fraction=0.34)
+  speakers = lambda files: {data.speaker_id(p) for p in files}
+  # 6 speakers (zz_notes is one of its own), 2 held out, spread over the sorted ids.
+  assert speakers(corpus.valid.clean) == {"26", "78"}
+  assert speakers(corpus.train.clean) == {"19", "32", "40", "zz_notes"}
+  assert len(corpus.valid.clean) == 6 and len(corpus.train.clean) == 10
+  assert data.discover_corpus(str(tmp_path), validation_fraction=0.34) == corpus
+  report = corpus.validation_report()
+  assert report["speakers"] == ["26", "78"] and report["shared_with_train"]["speakers"] == []
+
+
+
+def test_one_speaker_holds_out_some_of_its_files_with_a_warning(tmp_path):
+  _write_named(str(tmp_path / "speech"), ["19-1-0.wav", "19-1-1.wav", "19-2-0.wav"])
+  _write_crops(str(tmp_path / "noise"), _demo("noise", "train")[:1], seconds=1.0)
+  with mock.patch.object(data.logging, "warning") as warning:
+    corpus = data.discover_corpus(str(tmp_path), validation_fraction=0.34)
+  assert any("validation holds out files of that speaker" in call[0][0]
+             for call in warning.call_args_list)
+  assert (len(corpus.train.clean), len(corpus.valid.clean)) == (2, 1)
+  assert corpus.validation_report()["shared_with_train"]["speakers"] == ["19"]
+
+
+def test_validation_holds_out_whole_noise_recordings(tmp_path):
+  _write_crops(str(tmp_path / "speech"), _demo("speech", "train")[:4], seconds=1.0)
+  pieces = {"birds__blanket_birds": 3, "chainsaw__esc10_1-116765": 2, "dog__esc10_1-30226": 1,
+            "rain__blanket_rain": 3, "sea__esc10_2-124662": 1, "wind__blanket_wind": 2}
+  names = [f"{source}_s0{k}.wav" if "blanket" in source else f"{source}-{'ABC'[k]}.wav"
+           for source, count in pieces.items() for k in range(count)]
+  _write_named(str(tmp_path / "noise"), names)
+  corpus = data.discover_corpus(str(tmp_path), validation_fraction=0.34)
+  sources = lambda files: {data.noise_source(p) for p in files}
+  assert sources(corpus.valid.noise) == {"chainsaw__esc10_1-116765", "sea__esc10_2-124662"}
+  assert not sources(corpus.valid.noise) & sources(corpus.train.noise)
+  assert len(corpus.valid.noise) == 3 and len(corpus.train.noise) == 9
+  assert corpus.validation_report()["noise_files"] == [
+      "chainsaw__esc10_1-116765-A.wav", "chainsaw__esc10_1-116765-B.wav",
+      "sea__esc10_2-124662-A.wav"]
+  # Grouping with another pattern: by noise type.
+  by_type = data.discover_corpus(str(tmp_path), validation_fraction=0.34,
+                                 noise_source_pattern=r"^(\w+?)__")
+  assert {os.path.basename(p).split("__")[0] for p in by_type.valid.noise} == {"chainsaw",
+                                                                               "sea"}
+
+
+def test_one_noise_recording_is_shared_with_validation_with_a_warning(tmp_path):
+  _write_crops(str(tmp_path / "speech"), _demo("speech", "train")[:4], seconds=1.0)
+  _write_named(str(tmp_path / "noise"), [f"rain__blanket_rain_s0{k}.wav" for k in range(3)])
+  with mock.patch.object(data.logging, "warning") as warning:
+    corpus = data.discover_corpus(str(tmp_path), validation_fraction=0.25)
+  assert corpus.valid.noise == corpus.train.noise and len(corpus.train.noise) == 3
+  assert any("validation uses the training noise" in call[0][0]
+             for call in warning.call_args_list)
+  assert corpus.validation_report()["shared_with_train"] == {
+      "speakers": [], "noise_sources": ["rain__blanket_rain"]}
+
+
+def test_pairs_hold_out_whole_speakers(tmp_path):
+  names = [f"p{s}_00{u}.wav" for s in (226, 227, 228, 229) for u in range(1, 4)]
+  _write_named(str(tmp_path / "clean"), names)
+  _write_named(str(tmp_path / "noisy"), names)
+  corpus = data.discover_corpus(str(tmp_path), validation_fraction=0.25)
+  assert {data.speaker_id(p) for p in corpus.valid.clean} == {"p228"}
+  assert [os.path.basename(p) for p in corpus.valid.noisy] == ["p228_001.wav", "p228_002.wav",
+                                                                "p228_003.wav"]
+  assert "p228" not in {data.speaker_id(p) for p in corpus.train.clean}
+  assert len(corpus.train.clean) == len(corpus.train.noisy) == 9
+
+
+def test_validation_report_names_speakers_a_valid_folder_shares_with_train(tmp_path):
+  _write_named(str(tmp_path / "speech" / "train"), ["19-1-0.wav", "26-1-0.wav", "32-1-0.wav"])
+  _write_named(str(tmp_path / "speech" / "valid"), ["26-1-1.wav", "40-1-0.wav"])
+  _write_crops(str(tmp_path / "noise"), _demo("noise", "train")[::20], seconds=1.0)  # 3
+  report = data.discover_corpus(str(tmp_path)).validation_report()
+  assert report["speakers"] == ["26", "40"] and report["train_speakers"] == 3
+  assert report["shared_with_train"] == {"speakers": ["26"], "noise_sources": []}
+  assert len(report["noise_files"]) == 1 and report["train_noise_files"] == 2
 
 
 # --- loading bad files -----------------------------------------------------------------------
@@ -350,15 +475,24 @@ def test_evaluation_set_pairs_returns_pairs(tmp_path):
 def test_data_config_from_flags_and_validators():
   values = flags.FlagValues()
   for name in ("batch_size", "segment_seconds", "snr_db_min", "snr_db_max", "gain_db_max",
-               "validation_fraction", "skip_bad_audio", "data_parallel_calls"):
+               "validation_fraction", "skip_bad_audio", "data_parallel_calls",
+               "speaker_id_pattern", "noise_source_pattern"):
     values[name] = copy.deepcopy(flags.FLAGS[name])  # parsing must not touch the global FLAGS
-  values(["prog", "--batch_size=4", "--snr_db_min=-3", "--skip_bad_audio"])
+  values(["prog", "--batch_size=4", "--snr_db_min=-3", "--skip_bad_audio",
+          "--speaker_id_pattern=^spk(\\d+)"])
   config = data.DataConfig.from_flags(values)
   assert (config.batch_size, config.snr_db_min, config.skip_bad_audio) == (4, -3.0, True)
   assert config.segment_samples == 12800
+  assert config.split_options() == {"validation_fraction": 0.1,
+                                    "speaker_id_pattern": r"^spk(\d+)",
+                                    "noise_source_pattern": data.DEFAULT_NOISE_SOURCE_PATTERN}
 
   with flagsaver.flagsaver():
     with pytest.raises(flags.IllegalFlagValueError, match="segment_seconds"):
       flags.FLAGS.segment_seconds = 0.2  # too short for a LUFS measurement
     with pytest.raises(flags.IllegalFlagValueError, match="snr_db_min must be <= --snr_db_max"):
       flags.FLAGS.snr_db_min = 20.0
+    for name, value in (("speaker_id_pattern", "[0-9]+"), ("noise_source_pattern", "(unclosed")):
+      with pytest.raises(flags.IllegalFlagValueError,
+                         match=f"--{name} must be a regular expression with a \\(group\\)"):
+        setattr(flags.FLAGS, name, value)
