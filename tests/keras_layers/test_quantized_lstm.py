@@ -88,8 +88,47 @@ def test_streaming_equals_sequence_and_reset_states():
     streaming.reset_states()
 
 
+def _coarse_int8_steps(model, factor=24.0):
+  """Makes every int8 weight step of `model` (a `_tiny_se`) coarse.
+
+  Each gate matrix (per-tensor scale) and each Dense output channel (per-channel scale) gets one
+  outlier weight, `factor` times its largest weight, on an input that is exactly zero in every
+  frame: QEQ band 0 (gain and bias 0), LSTM unit 0 (its cell-gate column and bias 0, so c = 0 and
+  h = 0) and tanh unit 0 (kernel column and bias 0). The outliers multiply zeros, so they do not
+  change the float function, but the converter's max-abs scales grow `factor`-fold, so the other weights keep only about
+  127 / factor int8 levels each side: weight quantization changes the output, unlike with
+  well-spread weights where the float model itself is within a few LSB of the int8 model.
+  """
+  qeq = model.layers[1]
+  gain, bias = qeq.get_weights()
+  gain[0] = bias[0] = 0.0
+  qeq.set_weights([gain, bias])
+  for layer in model.layers[2:4]:
+    kernel, recurrent, bias = layer.get_weights()
+    kernel[:, 2 * UNITS] = recurrent[:, 2 * UNITS] = bias[2 * UNITS] = 0.0  # unit 0 dead
+    for matrix in (kernel, recurrent):
+      for gate in range(4):
+        block = matrix[:, gate * UNITS:(gate + 1) * UNITS]  # a view: edits the matrix
+        big = factor * np.abs(block).max()
+        block[0] = 0.0
+        block[0, 1] = big  # row 0 reads QEQ band 0 (first LSTM) or h of unit 0 (the others)
+    layer.set_weights([kernel, recurrent, bias])
+  for index, layer in enumerate(model.layers[4:]):
+    kernel, bias = layer.get_weights()
+    if index == 0:
+      kernel[:, 0] = bias[0] = 0.0  # tanh unit 0 dead
+    big = factor * np.abs(kernel).max(axis=0)
+    kernel[0] = np.where(np.arange(kernel.shape[1]) % 2, big, -big)  # row 0 reads a dead unit
+    layer.set_weights([kernel, bias])
+  return model
+
+
+# The stated agreement of the QAT model with its int8 TFLite conversion, in output LSBs (1/256).
+QAT_MAX_LSB, QAT_MEAN_LSB = 3.0, 0.6
+
+
 def test_qat_model_matches_int8_tflite_within_few_lsb():
-  qat = _trained_like(_tiny_se(None, None, stateful=False))
+  qat = _coarse_int8_steps(_trained_like(_tiny_se(None, None, stateful=False)))
   inputs = keras.Input((TIME, FEATURES), batch_size=1)
   x = QEQ()(inputs)
   x = keras.layers.LSTM(UNITS, return_sequences=True)(x)
@@ -100,10 +139,17 @@ def test_qat_model_matches_int8_tflite_within_few_lsb():
   interpreter = convert_int8(plain, [_features(TIME, s) for s in range(6)])
   y_int8, x_grid, out_scale = run_int8(interpreter, _features(TIME, seed=99))
   lsb = np.abs(qat(x_grid[None]).numpy()[0] - y_int8) / out_scale
-  # Measured: max 2, mean 0.32 LSB of 1/256 (the float model: max 1, mean 0.35). The rest comes from grids that follow the
-  # representative data (LSTM h and Dense pre-activations) and TFLite's 16-bit internals.
-  assert lsb.max() <= 4, lsb.max()
-  assert lsb.mean() <= 0.6, lsb.mean()
+  float_lsb = np.abs(plain(x_grid[None]).numpy()[0] - y_int8) / out_scale
+  # Measured (TF 2.21): QAT max 2, mean 0.36 LSB; the float model with the same weights max 9.1,
+  # mean 2.2 LSB (input seed 98: QAT 2 / 0.42, float 9.0 / 2.3). What QAT leaves comes from
+  # grids that follow the representative data (LSTM h, Dense pre-activations) and TFLite's
+  # 16-bit LSTM internals. Without the coarse steps the float model would pass too (max 1.4,
+  # mean 0.37): the test would not see a QAT model that leaves the weights in float.
+  assert lsb.max() <= QAT_MAX_LSB, lsb.max()
+  assert lsb.mean() <= QAT_MEAN_LSB, lsb.mean()
+  # The test discriminates: the float model is far outside the tolerance.
+  assert float_lsb.max() > 2 * QAT_MAX_LSB, float_lsb.max()
+  assert float_lsb.mean() > 2 * QAT_MEAN_LSB, float_lsb.mean()
 
 
 def test_straight_through_gradients_reach_weights_and_inputs():

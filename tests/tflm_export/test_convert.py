@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import tf_keras as keras
+from tensorflow.lite.python import schema_py_generated as schema
 
 from tflm_export import convert
 from tflm_export import tflite_graph
@@ -75,3 +76,160 @@ def test_stateless_copy_keeps_weights_and_drops_state(streaming_model):
   assert not any(getattr(layer, "stateful", False) for layer in copy.layers)
   for a, b in zip(copy.get_weights(), streaming_model.get_weights()):
     np.testing.assert_array_equal(a, b)
+
+
+# --- All-zero weight blocks (what pruning produces) through convert → pin → TFLM ---------------
+# A QAT model (LSTM 32x2, Dense 32) with: the whole input kernel of lstm_0's input gate zero (its
+# biases ±1.5, the gate then works from its bias and recurrent input alone; or 0), the whole recurrent
+# kernel of lstm_1's forget gate zero, lstm_1's unit 5 fully zero (4 gate columns of both kernels
+# and its 4 biases), dense_0's output channel 3 kernel column zero (bias kept) and channel 4
+# column and bias zero, and the mask layer's channel 7 kernel column zero (bias kept).
+# QAT's MaxAbsQuantizer gives such a block scale 1 (any scale gives code 0).
+ZERO_UNITS = 32
+ZERO_LSTM_UNIT = 5
+DENSE_ZERO_CHANNELS = {"dense_0": (3, 4), "mask": (7,)}
+
+
+@pytest.fixture(scope="module")
+def zero_block_data():
+  """(representative features, test features): real training and test mixtures."""
+  from tests.tflm_export import test_export_model as tem  # pylint: disable=g-import-not-at-top
+  from tf_tinyse import data, demo_data  # pylint: disable=g-import-not-at-top
+  corpus = data.discover_corpus(demo_data.path())
+  return ([tem._features(e.noisy, tem.QAT_CONFIG)  # pylint: disable=protected-access
+           for e in data.make_evaluation_set(corpus, "train", seed=0, max_files=3)],
+          [tem._features(e.noisy, tem.QAT_CONFIG)  # pylint: disable=protected-access
+           for e in data.make_evaluation_set(corpus, "test", seed=0, max_files=2)])
+
+
+def _zero_block_case(zero_block_data, input_gate_bias):
+  """(QAT streaming model with the zero blocks, its front-end, int8 bytes, test features)."""
+  from tests.tflm_export import test_export_model as tem  # pylint: disable=g-import-not-at-top
+  from tf_tinyse import model as model_lib  # pylint: disable=g-import-not-at-top
+  from tflm_export import export_model, frontend  # pylint: disable=g-import-not-at-top
+  representative, test_features = zero_block_data
+  keras.utils.set_random_seed(0)
+  model = model_lib.build_mask_model(tem.QAT_CONFIG, streaming=True)
+  tem._randomize(model, representative)  # pylint: disable=protected-access
+  u = ZERO_UNITS
+  lstm_0 = model.get_layer("lstm_0")
+  kernel, recurrent, bias = lstm_0.get_weights()
+  kernel[:, 0:u] = 0.0  # input gate i: no input weights at all
+  bias[0:u] = np.where(np.arange(u) % 2, input_gate_bias, -input_gate_bias)
+  lstm_0.set_weights([kernel, recurrent, bias])
+  lstm_1 = model.get_layer("lstm_1")
+  kernel, recurrent, bias = lstm_1.get_weights()
+  recurrent[:, u:2 * u] = 0.0  # forget gate f: no recurrent weights
+  columns = [gate * u + ZERO_LSTM_UNIT for gate in range(4)]
+  kernel[:, columns] = recurrent[:, columns] = bias[columns] = 0.0  # unit 5 gone
+  lstm_1.set_weights([kernel, recurrent, bias])
+  for name, channels in DENSE_ZERO_CHANNELS.items():
+    layer = model.get_layer(name)
+    kernel, bias = layer.get_weights()
+    kernel[:, list(channels)] = 0.0
+    if name == "dense_0":
+      bias[4] = 0.0  # channel 4: a fully pruned unit; channel 3 keeps its bias
+    layer.set_weights([kernel, bias])
+  tflite_bytes = export_model.convert_trained_model(model, tem.QAT_CONFIG, representative)
+  return (model, frontend.Frontend.from_model(model, tem.QAT_CONFIG.feature), tflite_bytes,
+          test_features)
+
+
+@pytest.fixture(scope="module")
+def zero_block_case(zero_block_data):
+  return _zero_block_case(zero_block_data, input_gate_bias=1.5)
+
+
+@pytest.fixture(scope="module")
+def zero_block_case_unbiased(zero_block_data):
+  return _zero_block_case(zero_block_data, input_gate_bias=0.0)
+
+
+def _constant(tflite_bytes, tensor):
+  """The integer codes of a constant tensor (weights, bias) of the model."""
+  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(tflite_bytes), 0))
+  t = model.subgraphs[0].tensors[tensor.index]
+  dtype = {"INT8": "<i1", "INT32": "<i4"}[tensor.dtype]
+  return np.frombuffer(bytes(bytearray(model.buffers[t.buffer].data)), dtype).reshape(
+      tensor.shape)
+
+
+def test_all_zero_weight_blocks_convert_to_zero_codes_with_positive_scales(zero_block_case):
+  model, _, tflite_bytes, _ = zero_block_case
+  graph = convert.check_tflm_integer(tflite_bytes, 2)  # conversion and pinning succeeded
+  lstm_0, lstm_1 = [op for op in graph.operators if op.name == convert.FUSED_LSTM]
+  # Fused LSTM inputs 1-4: input-to-{i,f,c,o} weights, 5-8 recurrent-to-{i,f,c,o}, [units, in].
+  for op, position in ((lstm_0, 1), (lstm_1, 6)):
+    weights = op.inputs[position]
+    assert len(weights.scales) == 1
+    scale = weights.scales[0]
+    # Measured (TF 2.21): the converter gives an all-zero gate matrix scale 3.937e-9 (5e-7/127),
+    # not QAT's 1; the other gate matrices ~1.2e-3 to 2.6e-3.
+    assert np.isfinite(scale) and scale > 0, scale
+    np.testing.assert_array_equal(_constant(tflite_bytes, weights), 0)
+  for position in range(1, 9):  # unit 5 of lstm_1: its row of every gate matrix is zero
+    weights = lstm_1.inputs[position]
+    codes = _constant(tflite_bytes, weights)
+    np.testing.assert_array_equal(codes[ZERO_LSTM_UNIT], 0)
+    assert np.isfinite(weights.scales[0]) and weights.scales[0] > 0
+    if position != 6:
+      assert np.abs(codes).max() == 127  # the other units keep the max-abs scale of the gate
+  for position in range(12, 16):
+    np.testing.assert_array_equal(_constant(tflite_bytes, lstm_1.inputs[position])[
+        ZERO_LSTM_UNIT], 0)
+  dense_ops = [op for op in graph.operators if op.name == "FULLY_CONNECTED"]
+  for op, (name, channels) in zip(dense_ops, DENSE_ZERO_CHANNELS.items()):
+    weights, bias = op.inputs[1], op.inputs[2]
+    codes = _constant(tflite_bytes, weights)  # [out, in], one scale per output channel
+    scales = np.asarray(weights.scales)
+    assert np.all(np.isfinite(scales)) and np.all(scales > 0), scales
+    float_bias = model.get_layer(name).get_weights()[1]
+    bias_values = _constant(tflite_bytes, bias) * np.asarray(bias.scales, np.float64)
+    for channel in channels:
+      np.testing.assert_array_equal(codes[channel], 0)
+      # Measured: a zero channel gets a tiny scale, 3.9e-9 (5e-7/127) where its bias is 0, else
+      # raised so that the bias is code +-2^30 (dense_0 channel 3: 1.9e-8 for the bias -0.069;
+      # mask channel 7: 9.4e-9): the converter's bias-overflow guard keeps Dense biases exact.
+      np.testing.assert_allclose(bias_values[channel], float_bias[channel], atol=1e-6)
+    others = [c for c in range(codes.shape[0]) if c not in channels]
+    assert np.all(np.abs(codes[others]).max(axis=1) == 127)
+
+
+def test_zero_blocks_run_in_tflm_like_keras_qat(zero_block_case_unbiased):
+  """Zero Dense channels, a zero unit, a zero recurrent gate matrix and a zero input gate matrix
+  whose biases are 0: TFLM equals the Keras QAT model within the usual tolerance."""
+  from tests.tflm_export import test_export_model as tem  # pylint: disable=g-import-not-at-top
+  from tflm_export import tflm_runner  # pylint: disable=g-import-not-at-top
+  model, fe, tflite_bytes, test_features = zero_block_case_unbiased
+  err = tem._mask_errors_lsb(tflm_runner.TflmModel(tflite_bytes), fe, model,  # pylint: disable=protected-access
+                             test_features)
+  assert err.size > 1500 * tem.QAT_CONFIG.feature.num_bands
+  # Measured: mean 0.047, 99th percentile 2, max 2 LSB (the same model without zero blocks: mean
+  # 0.04, test_export_model).
+  assert err.mean() < 0.5, err.mean()
+  assert np.percentile(err, 99) <= tem.TOLERANCE_LSB, np.percentile(err, 99)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "library bug (issue 11): the converter gives an all-zero LSTM gate matrix the scale 3.9e-9, "
+    "so that gate's int32 bias (scale = input scale x weight scale) overflows and saturates, and "
+    "pin_fixed_ranges (export_model._Flatbuffer.requantize_bias) clips it further to +-0.066 "
+    "without an error: the gate runs with a wrong bias in TFLM"))
+def test_all_zero_gate_block_keeps_its_bias_and_tflm_matches_keras_qat(zero_block_case):
+  from tests.tflm_export import test_export_model as tem  # pylint: disable=g-import-not-at-top
+  from tflm_export import tflm_runner  # pylint: disable=g-import-not-at-top
+  model, fe, tflite_bytes, test_features = zero_block_case
+  lstm_0 = next(op for op in tflite_graph.read_graph(tflite_bytes).operators
+                if op.name == convert.FUSED_LSTM)
+  bias = lstm_0.inputs[12]  # input gate bias, int32 at input scale x input-gate weight scale
+  stored = _constant(tflite_bytes, bias) * np.float64(bias.scales[0])
+  want = model.get_layer("lstm_0").get_weights()[2][:ZERO_UNITS]
+  err = tem._mask_errors_lsb(tflm_runner.TflmModel(tflite_bytes), fe, model,  # pylint: disable=protected-access
+                             test_features)
+  # Measured now: the stored biases are +-0.066 instead of +-1.5 (every code saturated at
+  # +-(2^31 - 1)), and TFLM is off by mean 0.80, 99th percentile 4, max 6 LSB. With that matrix
+  # given scale 1 and its bias re-encoded from the float bias (a simulated fix), this test passes:
+  # mean 0.05, 99th percentile 2, max 2 LSB.
+  np.testing.assert_allclose(stored, want, atol=float(bias.scales[0]))
+  assert err.mean() < 0.5, err.mean()
+  assert np.percentile(err, 99) <= tem.TOLERANCE_LSB, np.percentile(err, 99)
