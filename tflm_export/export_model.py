@@ -268,8 +268,24 @@ class _Flatbuffer:
     codes = np.frombuffer(bytes(bytearray(buffer.data)), "<i4").astype(np.float64)
     new_scales = np.broadcast_to(np.asarray(new_scales, np.float64), codes.shape)
     values = codes * np.broadcast_to(old_scales, codes.shape)
-    new_codes = np.clip(np.round(values / new_scales), -2**31, 2**31 - 1).astype("<i4")
-    data = np.frombuffer(new_codes.tobytes(), np.uint8)
+    per_tensor = len(old_scales) == 1 and np.all(new_scales == new_scales.flat[0])
+    self.set_bias(bias_index, values, new_scales[:1] if per_tensor else new_scales)
+
+  def set_bias(self, bias_index, values, scales):
+    """Stores the float bias `values` as int32 codes at `scales` (one, or one per channel).
+
+    Raises ConversionError when a code does not fit int32: a clipped bias would run as a
+    different bias, silently.
+    """
+    t = self.tensor(bias_index)
+    values = np.asarray(values, np.float64)
+    scales = np.asarray(scales, np.float64)
+    codes = np.round(values / np.broadcast_to(scales, values.shape))
+    if np.abs(codes).max(initial=0) > 2**31 - 1:
+      raise convert.ConversionError(
+          f"bias '{t.name.decode()}' does not fit int32 at scale {scales.min():.3g} "
+          f"(largest |bias| {np.abs(values).max():.3g}); its weights' scale is too small")
+    data = np.frombuffer(codes.astype("<i4").tobytes(), np.uint8)
     shared = sum(1 for other in self.graph.tensors if other.buffer == t.buffer) > 1
     if shared:  # The converter deduplicates equal constants; give this bias its own buffer.
       new_buffer = schema.BufferT()
@@ -277,9 +293,12 @@ class _Flatbuffer:
       self.model.buffers.append(new_buffer)
       t.buffer = len(self.model.buffers) - 1
     else:
-      buffer.data = data
-    per_tensor = len(old_scales) == 1 and np.all(new_scales == new_scales.flat[0])
-    t.quantization.scale = np.asarray(new_scales[:1] if per_tensor else new_scales, np.float32)
+      self.model.buffers[t.buffer].data = data
+    t.quantization.scale = np.asarray(scales, np.float32).reshape(-1)
+
+  def constant_codes(self, index, dtype):
+    return np.frombuffer(bytes(bytearray(self.model.buffers[self.tensor(index).buffer].data)),
+                         dtype)
 
   def to_bytes(self):
     return bytes(flatbuffer_utils.convert_object_to_bytearray(self.model))
@@ -305,6 +324,44 @@ def _pin(fb, indices, scale, zero_point):
       elif code in _BIASED_OPS:
         raise convert.ConversionError("a pinned LSTM tensor feeds an op with a bias that "
                                       "cannot be requantized here; keep the mask network form")
+
+
+# The scale given to an all-zero LSTM gate matrix (its codes stay 0): that of weights up to
+# |w| = 1, where the gate bias (int32 at input scale x this scale) has a fine step (about
+# 6e-5 on the [-1, 1] input grid) and room for any trained bias.
+ZERO_GATE_WEIGHT_SCALE = 1.0 / 127
+
+
+def repair_zero_gate_matrices(tflite_bytes, export_model):
+  """Gives every all-zero input-to-gate matrix of the fused LSTMs a usable scale and re-encodes
+  that gate's bias from the float bias of `export_model` (`build_export_model`).
+
+  Pruning zeroes whole gate matrices. The converter gives such a matrix the scale 5e-7/127,
+  and TFLite's integer LSTM stores the gate bias as int32 at input scale x that scale, so any
+  bias above about 0.3 saturates at 2^31 - 1 in conversion: the gate would run with a wrong
+  bias. The codes of the matrix are 0 at any scale, so only the bias changes.
+  """
+  fb = _Flatbuffer(tflite_bytes)
+  lstm_ops = [op for op, code in zip(fb.ops, fb.codes) if code == _LSTM]
+  layers = [layer for layer in export_model.layers
+            if isinstance(layer, keras.layers.LSTM)]
+  if len(lstm_ops) != len(layers):
+    raise convert.ConversionError(f"the .tflite has {len(lstm_ops)} fused LSTM op(s) for "
+                                  f"{len(layers)} LSTM layer(s)")
+  repaired = 0
+  for op, layer in zip(lstm_ops, layers):
+    inputs = [int(i) for i in op.inputs]
+    bias = layer.get_weights()[2]
+    units = layer.units
+    input_scale = fb.params(inputs[0])[0]
+    for gate, (w, b) in enumerate(zip(_LSTM_INPUT_WEIGHTS, _LSTM_GATE_BIASES)):
+      if inputs[w] < 0 or inputs[b] < 0 or np.any(fb.constant_codes(inputs[w], np.int8)):
+        continue
+      fb.tensor(inputs[w]).quantization.scale = np.array([ZERO_GATE_WEIGHT_SCALE], np.float32)
+      fb.set_bias(inputs[b], bias[gate * units:(gate + 1) * units],
+                  [input_scale * ZERO_GATE_WEIGHT_SCALE])
+      repaired += 1
+  return fb.to_bytes() if repaired else bytes(tflite_bytes)
 
 
 def pin_fixed_ranges(tflite_bytes, ranges, dense_ranges=()):
@@ -379,7 +436,11 @@ def convert_trained_model(trained_model, config, representative_features):
   fe = frontend.Frontend.from_model(trained_model, config.feature)
   tflite_bytes = convert.convert_to_int8(
       export, [fe.model_input(f) for f in representative_features])
+  # Before pinning (whose re-encoding would overflow the saturated biases) and after it (the
+  # bias encoded once from its float value at the final input scale, not rounded twice).
+  tflite_bytes = repair_zero_gate_matrices(tflite_bytes, export)
   ranges = lstm_fixed_ranges(trained_model)
   tflite_bytes = pin_fixed_ranges(tflite_bytes, ranges, dense_preactivation_ranges(trained_model))
+  tflite_bytes = repair_zero_gate_matrices(tflite_bytes, export)
   convert.check_tflm_integer(tflite_bytes, len(ranges))
   return tflite_bytes

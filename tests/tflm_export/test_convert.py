@@ -5,6 +5,7 @@ import tf_keras as keras
 from tensorflow.lite.python import schema_py_generated as schema
 
 from tflm_export import convert
+from tflm_export import export_model
 from tflm_export import tflite_graph
 
 
@@ -164,8 +165,11 @@ def test_all_zero_weight_blocks_convert_to_zero_codes_with_positive_scales(zero_
     assert len(weights.scales) == 1
     scale = weights.scales[0]
     # Measured (TF 2.21): the converter gives an all-zero gate matrix scale 3.937e-9 (5e-7/127),
-    # not QAT's 1; the other gate matrices ~1.2e-3 to 2.6e-3.
+    # not QAT's 1; the other gate matrices ~1.2e-3 to 2.6e-3. An all-zero *input* matrix (which
+    # sets its gate bias's scale) gets export_model.ZERO_GATE_WEIGHT_SCALE instead.
     assert np.isfinite(scale) and scale > 0, scale
+    if position == 1:
+      assert scale == pytest.approx(export_model.ZERO_GATE_WEIGHT_SCALE)
     np.testing.assert_array_equal(_constant(tflite_bytes, weights), 0)
   for position in range(1, 9):  # unit 5 of lstm_1: its row of every gate matrix is zero
     weights = lstm_1.inputs[position]
@@ -210,11 +214,6 @@ def test_zero_blocks_run_in_tflm_like_keras_qat(zero_block_case_unbiased):
   assert np.percentile(err, 99) <= tem.TOLERANCE_LSB, np.percentile(err, 99)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug (issue 11): the converter gives an all-zero LSTM gate matrix the scale 3.9e-9, "
-    "so that gate's int32 bias (scale = input scale x weight scale) overflows and saturates, and "
-    "pin_fixed_ranges (export_model._Flatbuffer.requantize_bias) clips it further to +-0.066 "
-    "without an error: the gate runs with a wrong bias in TFLM"))
 def test_all_zero_gate_block_keeps_its_bias_and_tflm_matches_keras_qat(zero_block_case):
   from tests.tflm_export import test_export_model as tem  # pylint: disable=g-import-not-at-top
   from tflm_export import tflm_runner  # pylint: disable=g-import-not-at-top
@@ -226,10 +225,21 @@ def test_all_zero_gate_block_keeps_its_bias_and_tflm_matches_keras_qat(zero_bloc
   want = model.get_layer("lstm_0").get_weights()[2][:ZERO_UNITS]
   err = tem._mask_errors_lsb(tflm_runner.TflmModel(tflite_bytes), fe, model,  # pylint: disable=protected-access
                              test_features)
-  # Measured now: the stored biases are +-0.066 instead of +-1.5 (every code saturated at
-  # +-(2^31 - 1)), and TFLM is off by mean 0.80, 99th percentile 4, max 6 LSB. With that matrix
-  # given scale 1 and its bias re-encoded from the float bias (a simulated fix), this test passes:
-  # mean 0.05, 99th percentile 2, max 2 LSB.
+  # Before export_model.repair_zero_gate_matrices: the stored biases were +-0.066 instead of
+  # +-1.5 (every code saturated at +-(2^31 - 1)) and TFLM was off by mean 0.80, 99th percentile
+  # 4, max 6 LSB; the converter had given the all-zero matrix the scale 3.9e-9.
   np.testing.assert_allclose(stored, want, atol=float(bias.scales[0]))
   assert err.mean() < 0.5, err.mean()
   assert np.percentile(err, 99) <= tem.TOLERANCE_LSB, np.percentile(err, 99)
+
+
+def test_a_bias_that_does_not_fit_int32_is_refused_not_clipped(zero_block_case):
+  _, _, tflite_bytes, _ = zero_block_case
+  fb = export_model._Flatbuffer(tflite_bytes)  # pylint: disable=protected-access
+  lstm = next(op for op, code in zip(fb.ops, fb.codes) if code == export_model._LSTM)  # pylint: disable=protected-access
+  bias = int(lstm.inputs[12])
+  codes = fb.constant_codes(bias, "<i4")
+  with pytest.raises(convert.ConversionError, match="does not fit int32"):
+    fb.set_bias(bias, np.full(codes.shape, 1.0), [1e-12])
+  with pytest.raises(convert.ConversionError, match="does not fit int32"):
+    fb.requantize_bias(bias, 1e-20)
