@@ -41,7 +41,8 @@ validation, Vela, ...) leaves the output folder as it was, an earlier export inc
 
 Representative (calibration) frames are noisy mixtures of the corpus's training split. A QAT
 model whose TFLM output differs from its Keras output by more than `--tolerance_lsb` (mask, 99th
-percentile) or `--tolerance_si_sdr_db` (mean SI-SDR of the enhanced utterances) is an
+percentile), `--tolerance_mean_lsb` (mask, mean) or `--tolerance_si_sdr_db` (mean SI-SDR of
+the enhanced utterances) is an
 error and nothing is written. For a float model the int8 output cannot reproduce the float
 output to an LSB, so the same numbers are reported without the check. `--strict` also fails
 (after writing the artifacts) when a deployment constraint of the card fails.
@@ -88,12 +89,16 @@ flags.DEFINE_float("flash_kib", None, "Device flash budget in KiB, checked again
                    "checked.")
 flags.DEFINE_bool("strict", False, "Exit non-zero when a deployment constraint of the model "
                   "card fails (the artifacts are still written).")
-flags.DEFINE_float("tolerance_lsb", 4.0, "TFLM vs Keras-QAT agreement required: 99 % of mask "
+flags.DEFINE_float("tolerance_lsb", 8.0, "TFLM vs Keras-QAT agreement required: 99 % of mask "
                    "values within this many output LSBs (1/256). One rounding flip at the "
                    "pinned sigmoid pre-activation grid (step 8/255) moves the mask by up to 2 "
-                   "LSB, so 4 allows two flips; the rest differ where the integer LSTM (16-bit "
-                   "gates) and the float QAT cell round an activation to neighbouring int8 "
-                   "steps. The card reports the maximum.")
+                   "LSB, and a flip in the integer LSTM (16-bit gates) runs on in its state, so "
+                   "the tail varies from model to model: the demo main job measured 4, 4 and 6 "
+                   "LSB over three seeds. The card reports the maximum.")
+flags.DEFINE_float("tolerance_mean_lsb", 1.0, "TFLM vs Keras-QAT agreement required: mean mask "
+                   "difference in output LSBs. The statistic that tells a grid mismatch from "
+                   "rounding: trained QAT models measure 0.14-0.63 LSB, a float model run on "
+                   "int8 grids about 2.2 (tests/keras_layers/test_quantized_lstm.py).")
 flags.DEFINE_float("tolerance_si_sdr_db", 0.1, "TFLM vs Keras-QAT agreement required in quality: "
                    "mean SI-SDR of the enhanced validation utterances within this many dB.")
 flags.DEFINE_integer("representative_files", 8, "Training mixtures whose frames calibrate the "
@@ -114,7 +119,7 @@ for _name in ("sram_kib", "flash_kib"):
   flags.register_validator(_name, lambda v: v is None or v > 0, f"--{_name} must be > 0")
 for _name in ("representative_files", "validation_files"):
   flags.register_validator(_name, lambda v: v >= 1, f"--{_name} must be >= 1")
-for _name in ("tolerance_lsb", "tolerance_si_sdr_db"):
+for _name in ("tolerance_lsb", "tolerance_mean_lsb", "tolerance_si_sdr_db"):
   flags.register_validator(_name, lambda v: v >= 0, f"--{_name} must be >= 0")
 
 CARD_FILE = "model_card.json"
@@ -223,9 +228,9 @@ def validate(tflm, keras_streaming_model, fe, examples):
 
 def export_model_dir(model_dir, output_path, corpus, data_config, *,
                      accelerator="ethos-u55-128", sram_kib=None, flash_kib=None,
-                     representative_files=8, validation_files=4, seed=0, tolerance_lsb=4.0,
-                     tolerance_si_sdr_db=0.1, reference_tflite=None, timing_frames=200,
-                     timing_repeats=3):
+                     representative_files=8, validation_files=4, seed=0, tolerance_lsb=8.0,
+                     tolerance_si_sdr_db=0.1, tolerance_mean_lsb=1.0, reference_tflite=None,
+                     timing_frames=200, timing_repeats=3):
   """Exports the trained model of `model_dir`; returns the model card (also written).
 
   Args:
@@ -242,6 +247,7 @@ def export_model_dir(model_dir, output_path, corpus, data_config, *,
       LSBs) for a QAT model.
     tolerance_si_sdr_db: largest allowed difference of the TFLM and Keras mean SI-SDR over
       the validation utterances for a QAT model.
+    tolerance_mean_lsb: largest allowed mean TFLM vs Keras mask difference (output LSBs).
     reference_tflite: pruned models: the dense int8 `.tflite` the speedups are measured
       against; None: built from the unmasked weights (`export_model.unmasked_model`).
     timing_frames, timing_repeats: pruned models: the TFLM timing of the model and its
@@ -267,15 +273,18 @@ def export_model_dir(model_dir, output_path, corpus, data_config, *,
   validation["reference"] = "keras_qat" if config.quantize else "keras_float"
   validation["tolerance_lsb"] = tolerance_lsb if config.quantize else None
   validation["tolerance_si_sdr_db"] = tolerance_si_sdr_db if config.quantize else None
+  validation["tolerance_mean_lsb"] = tolerance_mean_lsb if config.quantize else None
   si_sdr_gap = abs(validation["si_sdr_tflm_db"] - validation["si_sdr_keras_db"])
   if config.quantize and (validation["mask_p99_abs_error_lsb"] > tolerance_lsb
+                          or validation["mask_mean_abs_error_lsb"] > tolerance_mean_lsb
                           or si_sdr_gap > tolerance_si_sdr_db):
     raise UserError(
         f"the int8 model of '{model_dir}' disagrees with its Keras QAT model over "
         f"{len(examples)} test utterances: 99 % of mask values within "
         f"{validation['mask_p99_abs_error_lsb']:.1f} LSB (max "
         f"{validation['mask_max_abs_error_lsb']:.1f}, mean "
-        f"{validation['mask_mean_abs_error_lsb']:.2f}; --tolerance_lsb={tolerance_lsb:g}), "
+        f"{validation['mask_mean_abs_error_lsb']:.2f}; --tolerance_lsb={tolerance_lsb:g}, "
+        f"--tolerance_mean_lsb={tolerance_mean_lsb:g}), "
         f"SI-SDR {validation['si_sdr_tflm_db']:.2f} vs {validation['si_sdr_keras_db']:.2f} dB "
         f"(--tolerance_si_sdr_db={tolerance_si_sdr_db:g}); nothing was written. Report this as "
         "a bug (the QAT grid no longer matches the converter's)")
@@ -490,6 +499,7 @@ def main(argv):
                           validation_files=FLAGS.validation_files,
                           tolerance_lsb=FLAGS.tolerance_lsb,
                           tolerance_si_sdr_db=FLAGS.tolerance_si_sdr_db,
+                          tolerance_mean_lsb=FLAGS.tolerance_mean_lsb,
                           reference_tflite=FLAGS.reference_tflite,
                           timing_frames=FLAGS.timing_frames,
                           timing_repeats=FLAGS.timing_repeats)

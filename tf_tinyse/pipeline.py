@@ -173,7 +173,8 @@ def stage_export(ctx, report):
       _exported_model_dir(report, ctx), ctx.tflite_path, ctx.corpus, ctx.data_config,
       accelerator=FLAGS.accelerator, sram_kib=FLAGS.sram_kib, flash_kib=FLAGS.flash_kib,
       seed=ctx.eval_seed, tolerance_lsb=FLAGS.tolerance_lsb,
-      tolerance_si_sdr_db=FLAGS.tolerance_si_sdr_db)
+      tolerance_si_sdr_db=FLAGS.tolerance_si_sdr_db,
+      tolerance_mean_lsb=FLAGS.tolerance_mean_lsb)
   report["export"] = {"tflite": ctx.tflite_path,
                       "model_card": os.path.join(os.path.dirname(ctx.tflite_path),
                                                  "model_card.json"),

@@ -35,7 +35,7 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
 # The export's default: 99 % of the mask values within 2 output LSBs (1/256) of Keras QAT.
 # Measured for this briefly trained model over 2 test utterances: mean 0.04 LSB, 99th
 # percentile 2, max 2 (one step of the pinned sigmoid input grid, 8/255, is up to 2 LSBs).
-TOLERANCE_LSB = 4.0  # export's default: two flips of the pinned sigmoid pre-activation grid
+TOLERANCE_LSB = 8.0  # export's default 99th percentile (the demo main job measured 4-6 LSB)
 FAST = ["--representative_files=1", "--validation_files=1"]
 # One 16-bit step for writing the WAV, one for the float → int16 → float round trip.
 WAV_TOLERANCE = 2.0 / 32768 + 1e-6
@@ -141,7 +141,7 @@ def test_validation_section_agrees_within_tolerance(exported, trained_dir):
   output, card = exported
   v = card["validation"]
   assert v["reference"] == "keras_qat" and v["tolerance_lsb"] == TOLERANCE_LSB
-  assert v["tolerance_si_sdr_db"] == 0.1
+  assert v["tolerance_si_sdr_db"] == 0.1 and v["tolerance_mean_lsb"] == 1.0
   assert len(v["utterances"]) == 2 and v["frames"] > 500
   assert v["mask_p99_abs_error_lsb"] <= TOLERANCE_LSB and v["mask_mean_abs_error_lsb"] < 0.5
   assert v["mask_fraction_within_2_lsb"] >= 0.99
@@ -155,7 +155,7 @@ def test_validation_section_agrees_within_tolerance(exported, trained_dir):
   lstm_outputs = [op.outputs[0] for op in graph.operators if op.name == convert.FUSED_LSTM]
   assert [t.scales[0] for t in lstm_outputs] == [pytest.approx(2.0 / 255.0)] * 2
   summary = export.format_card(card)
-  assert f"99 % within {v['mask_p99_abs_error_lsb']:.0f} LSB (tolerance 4)" in summary
+  assert f"99 % within {v['mask_p99_abs_error_lsb']:.0f} LSB (tolerance 8)" in summary
   assert f"max {v['mask_max_abs_error_lsb']:.0f} LSB" in summary
 
 
@@ -175,7 +175,8 @@ def test_disagreement_beyond_tolerance_writes_nothing(trained_dir, corpus, tmp_p
   # model's mask values differ (by 2 LSB), so its 99th percentile is above 0.5.
   with pytest.raises(UserError, match=r"disagrees with its Keras QAT model over 1 test "
                                       r"utterances: 99 % of mask values within [\d.]+ LSB "
-                                      r"\(max [\d.]+, mean [\d.]+; --tolerance_lsb=0\.5\).*"
+                                      r"\(max [\d.]+, mean [\d.]+; --tolerance_lsb=0\.5, "
+                                      r"--tolerance_mean_lsb=1\).*"
                                       r"nothing was written"):
     export.export_model_dir(trained_dir, output, corpus, TINY_DATA, representative_files=1,
                             validation_files=1, tolerance_lsb=0.5)
@@ -195,6 +196,24 @@ def test_quality_disagreement_writes_nothing(trained_dir, corpus, tmp_path, monk
   monkeypatch.setattr(export, "validate", validate_with_a_quality_gap)
   with pytest.raises(UserError, match=r"SI-SDR [-\d.]+ vs [-\d.]+ dB "
                                       r"\(--tolerance_si_sdr_db=0\.1\); nothing was written"):
+    export.export_model_dir(trained_dir, tmp_path / "model.tflite", corpus, TINY_DATA,
+                            representative_files=1, validation_files=1)
+  assert not os.listdir(tmp_path)
+
+
+def test_a_mean_disagreement_writes_nothing(trained_dir, corpus, tmp_path, monkeypatch):
+  """A 99th percentile within tolerance but a mean of a grid mismatch (about 2 LSB) fails."""
+  measure = export.validate
+
+  def validate_with_a_mean_gap(*args):
+    v = measure(*args)
+    assert v["mask_p99_abs_error_lsb"] <= TOLERANCE_LSB
+    v["mask_mean_abs_error_lsb"] = 2.2
+    return v
+
+  monkeypatch.setattr(export, "validate", validate_with_a_mean_gap)
+  with pytest.raises(UserError, match=r"mean 2\.20; --tolerance_lsb=8, --tolerance_mean_lsb=1\)"
+                                      r".*nothing was written"):
     export.export_model_dir(trained_dir, tmp_path / "model.tflite", corpus, TINY_DATA,
                             representative_files=1, validation_files=1)
   assert not os.listdir(tmp_path)
