@@ -15,9 +15,10 @@ over the much larger spread of the utterances themselves.
 
 The interval is a percentile bootstrap of the mean difference. With one evaluation per side
 it resamples utterances (the same draw for both sides: paired). With several seeds it is
-two-level: each replicate also draws the seeds of each side with replacement, so the
-interval holds the seed-to-seed spread of training as well; three seeds are the least that
-says anything about it. SDR and SI-SDR enter at `metrics.value_for_mean` (floored at
+two-level: each replicate also draws seeds with replacement, so the interval holds the
+seed-to-seed spread of training as well (the same seeds for both sides when the k-th file of
+each is the same training seed, --pair_seeds; else each side's own); three seeds are the
+least that says anything about it. SDR and SI-SDR enter at `metrics.value_for_mean` (floored at
 `metrics.SUMMARY_DB_FLOOR`), as in the evaluation summaries. A difference whose interval
 contains 0 is reported as not resolved.
 """
@@ -36,6 +37,8 @@ flags.DEFINE_list("baseline", [], "Evaluation JSON(s) of the reference (one per 
 flags.DEFINE_list("candidate", [], "Evaluation JSON(s) of the model compared (one per seed).")
 flags.DEFINE_integer("resamples", 10000, "Bootstrap replicates.", lower_bound=100)
 flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the bootstrap draws.")
+flags.DEFINE_bool("pair_seeds", True, "With as many --baseline as --candidate files, the k-th "
+                  "of each is the same training seed: resample seeds jointly.")
 flags.DEFINE_string("compare_json", None, "Where to write the differences and intervals (JSON).")
 
 FLAGS = flags.FLAGS
@@ -88,12 +91,16 @@ def score_matrix(evaluations, name, side, paths=None):
   return np.asarray(rows, np.float64).T.reshape(len(evaluations), len(rows)), kept
 
 
-def bootstrap_difference(baseline, candidate, resamples=10000, seed=0):
+def bootstrap_difference(baseline, candidate, resamples=10000, seed=0, pair_seeds=True):
   """Mean of `candidate - baseline` and its 95 % percentile-bootstrap interval.
 
   Args:
     baseline: [seeds_a, utterances] scores; candidate: [seeds_b, utterances], the same
       utterances in the same order (paired).
+    pair_seeds: with as many seeds on both sides, row k of each is the same training seed
+      (e.g. a QAT model and the float model it was fine-tuned from, or two choices trained
+      with the same seeds): draw the same seeds for both sides, so what the seed does to
+      both cancels. Otherwise each side's seeds are drawn on their own.
   Returns:
     {"difference", "low", "high", "resolved" (interval excludes 0), "utterances", "seeds"}
   """
@@ -110,7 +117,9 @@ def bootstrap_difference(baseline, candidate, resamples=10000, seed=0):
   # Each side's seeds are drawn with replacement per replicate (a no-op for one seed);
   # the utterance draw is shared, which pairs the two sides.
   seeds_a = rng.integers(0, baseline.shape[0], size=(resamples, baseline.shape[0]))
-  seeds_b = rng.integers(0, candidate.shape[0], size=(resamples, candidate.shape[0]))
+  paired = pair_seeds and baseline.shape[0] == candidate.shape[0] > 1
+  seeds_b = seeds_a if paired else rng.integers(0, candidate.shape[0],
+                                                size=(resamples, candidate.shape[0]))
   per_utterance_a = baseline[seeds_a].mean(axis=1)  # [resamples, n]
   per_utterance_b = candidate[seeds_b].mean(axis=1)
   rows = np.arange(resamples)[:, None]
@@ -119,10 +128,10 @@ def bootstrap_difference(baseline, candidate, resamples=10000, seed=0):
   difference = float(candidate.mean() - baseline.mean())
   return {"difference": difference, "low": float(low), "high": float(high),
           "resolved": bool(low > 0 or high < 0), "utterances": int(n),
-          "seeds": [int(baseline.shape[0]), int(candidate.shape[0])]}
+          "seeds": [int(baseline.shape[0]), int(candidate.shape[0])], "seeds_paired": paired}
 
 
-def compare(candidate_paths, baseline_paths=(), resamples=10000, seed=0):
+def compare(candidate_paths, baseline_paths=(), resamples=10000, seed=0, pair_seeds=True):
   """{metric: bootstrap_difference} of candidate minus baseline (or minus its noisy input)."""
   candidates = [read_evaluation(p) for p in candidate_paths]
   baselines = [read_evaluation(p) for p in baseline_paths]
@@ -146,7 +155,7 @@ def compare(candidate_paths, baseline_paths=(), resamples=10000, seed=0):
     if candidate.shape[1] < 2:
       result[name] = None
       continue
-    result[name] = bootstrap_difference(reference, candidate, resamples, seed)
+    result[name] = bootstrap_difference(reference, candidate, resamples, seed, pair_seeds)
   return {"candidate": list(candidate_paths), "baseline": list(baseline_paths) or "noisy input",
           "confidence": CONFIDENCE, "resamples": resamples, "metrics": result}
 
@@ -170,7 +179,8 @@ def format_comparison(comparison):
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}: all options are --flags")
-  comparison = compare(FLAGS.candidate, FLAGS.baseline, FLAGS.resamples, FLAGS.bootstrap_seed)
+  comparison = compare(FLAGS.candidate, FLAGS.baseline, FLAGS.resamples, FLAGS.bootstrap_seed,
+                       FLAGS.pair_seeds)
   print(format_comparison(comparison))
   if FLAGS.compare_json:
     fileio.write_json_atomic(FLAGS.compare_json, comparison)

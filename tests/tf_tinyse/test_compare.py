@@ -115,3 +115,20 @@ def test_cli_prints_the_intervals_and_writes_json(tmp_path):
   bad = subprocess.run([sys.executable, "-m", "tf_tinyse.compare"], capture_output=True,
                        text=True)
   assert bad.returncode == 2 and "error: --candidate needs" in bad.stderr
+
+
+def test_paired_seeds_cancel_what_the_seed_does_to_both_sides(tmp_path):
+  # A QAT model and the float model it was fine-tuned from share their seed's offset
+  # (±0.5 dB): paired by seed, the +0.1 dB difference is resolved; drawn apart it is not.
+  rng = np.random.default_rng(5)
+  noisy = rng.normal(0, 5, 30)
+  base = noisy + 5 + rng.normal(0, 3, 30)
+  offsets = [-0.5, 0.0, 0.5]
+  a = [_evaluation(tmp_path / f"a{i}.json", base + o, noisy) for i, o in enumerate(offsets)]
+  b = [_evaluation(tmp_path / f"b{i}.json", base + o + 0.1 + rng.normal(0, 0.02, 30), noisy)
+       for i, o in enumerate(offsets)]
+  paired = compare.compare(b, a, resamples=3000)["metrics"]["si_sdr"]
+  apart = compare.compare(b, a, resamples=3000, pair_seeds=False)["metrics"]["si_sdr"]
+  assert paired["seeds_paired"] and not apart["seeds_paired"]
+  assert paired["resolved"] and 0.05 < paired["low"] < paired["high"] < 0.15
+  assert not apart["resolved"]
