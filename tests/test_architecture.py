@@ -33,8 +33,8 @@ def _flag_reads(path):
 def test_only_clis_config_constructors_and_the_console_read_flags():
   offenders = []
   for package in ("tf_tinyse", "keras_layers", "tflm_export"):
-    for path in sorted(glob.glob(os.path.join(ROOT, package, "*.py"))):
-      module = os.path.splitext(os.path.basename(path))[0]
+    for path in sorted(glob.glob(os.path.join(ROOT, package, "**", "*.py"), recursive=True)):
+      module = os.path.splitext(os.path.relpath(path, os.path.join(ROOT, package)))[0]
       if package == "tf_tinyse" and module in CLI_MODULES:
         continue
       offenders += [f"{package}/{module}.py:{line} in {function}"

@@ -14,7 +14,8 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUMERICS = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tflite-micro",
-            "ethos-u-vela", "pesq", "pystoi", "pyloudnorm", "fast-bss-eval")
+            "ethos-u-vela", "pesq", "pystoi", "pyloudnorm", "fast-bss-eval",
+            "pyroomacoustics")
 
 
 def _requirements():

@@ -191,7 +191,7 @@ def test_validation_holds_out_whole_speakers(tmp_path):
 def test_one_speaker_holds_out_some_of_its_files_with_a_warning(tmp_path):
   _write_named(str(tmp_path / "speech"), ["19-1-0.wav", "19-1-1.wav", "19-2-0.wav"])
   _write_crops(str(tmp_path / "noise"), _demo("noise", "train")[:1], seconds=1.0)
-  with mock.patch.object(data.logging, "warning") as warning:
+  with mock.patch.object(data.corpus.logging, "warning") as warning:
     corpus = data.discover_corpus(str(tmp_path), validation_fraction=0.34)
   assert any("validation holds out files of that speaker" in call[0][0]
              for call in warning.call_args_list)
@@ -224,7 +224,7 @@ def test_validation_holds_out_whole_noise_recordings(tmp_path):
 def test_one_noise_recording_is_shared_with_validation_with_a_warning(tmp_path):
   _write_crops(str(tmp_path / "speech"), _demo("speech", "train")[:4], seconds=1.0)
   _write_named(str(tmp_path / "noise"), [f"rain__blanket_rain_s0{k}.wav" for k in range(3)])
-  with mock.patch.object(data.logging, "warning") as warning:
+  with mock.patch.object(data.corpus.logging, "warning") as warning:
     corpus = data.discover_corpus(str(tmp_path), validation_fraction=0.25)
   assert corpus.valid.noise == corpus.train.noise and len(corpus.train.noise) == 3
   assert any("validation uses the training noise" in call[0][0]
@@ -474,10 +474,10 @@ def test_evaluation_set_pairs_returns_pairs(tmp_path):
 
 def test_data_config_from_flags_and_validators():
   values = flags.FlagValues()
-  for name in ("batch_size", "segment_seconds", "snr_db_min", "snr_db_max", "gain_db_max",
-               "validation_fraction", "skip_bad_audio", "data_parallel_calls",
-               "speaker_id_pattern", "noise_source_pattern"):
-    values[name] = copy.deepcopy(flags.FLAGS[name])  # parsing must not touch the global FLAGS
+  # The data flags and the augmentation flags that DataConfig.from_flags also reads.
+  for module in ("tf_tinyse.data.config", "tf_tinyse.data.augment"):
+    for flag in flags.FLAGS.get_flags_for_module(module):
+      values[flag.name] = copy.deepcopy(flag)  # parsing must not touch the global FLAGS
   values(["prog", "--batch_size=4", "--snr_db_min=-3", "--skip_bad_audio",
           "--speaker_id_pattern=^spk(\\d+)"])
   config = data.DataConfig.from_flags(values)

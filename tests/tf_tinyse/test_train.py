@@ -425,7 +425,8 @@ def test_validation_shared_with_training_is_recorded_and_warned_about(tmp_path, 
               tmp_path / "data" / "noise")
   warnings = []
   monkeypatch.setattr(train.logging, "warning", lambda msg, *args: warnings.append(msg % args))
-  monkeypatch.setattr(data.logging, "warning", lambda msg, *args: warnings.append(msg % args))
+  monkeypatch.setattr(data.corpus.logging, "warning",
+                      lambda msg, *args: warnings.append(msg % args))
   corpus = data.discover_corpus(str(tmp_path / "data"))
   result = train.train(TINY, TINY_DATA, corpus, str(tmp_path / "model"), 1, validate_every=1000,
                        max_validation_files=1, progress=False)
