@@ -15,7 +15,6 @@ import dataclasses
 import os
 
 import numpy as np
-from tensorflow.lite.python import schema_py_generated as schema
 
 from tf_tinyse import fileio
 from tf_tinyse import model as model_lib
@@ -56,31 +55,13 @@ def _status(ok):
   return PASS if ok else FAIL
 
 
-_NUMPY_TYPES = {schema.TensorType.INT8: np.int8, schema.TensorType.UINT8: np.uint8,
-                schema.TensorType.INT16: np.int16, schema.TensorType.INT32: np.int32,
-                schema.TensorType.INT64: np.int64, schema.TensorType.FLOAT32: np.float32,
-                schema.TensorType.FLOAT16: np.float16}
-_OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items()
-             if not name.startswith("_")}
-
-
-def _buffer_data(buffer, tflite_bytes):
-  if buffer.data is not None and len(buffer.data):
-    return bytes(bytearray(buffer.data))
-  offset, size = getattr(buffer, "offset", 0), getattr(buffer, "size", 0)
-  return bytes(tflite_bytes[offset:offset + size]) if offset > 1 and size else b""
-
-
 def _nonzero_codes(codes, tensor):
   """Elements of `codes` (the tensor's shape) whose stored code is not its zero point."""
-  q = tensor.quantization
-  zero_points = (np.asarray(q.zeroPoint, np.int64)
-                 if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else None)
-  if zero_points is None or zero_points.size == 1:
-    zero = 0 if zero_points is None else zero_points.item()
-    return int(np.count_nonzero(codes != zero))
+  zero_points = np.asarray(tensor.zero_points, np.int64)
+  if zero_points.size <= 1:
+    return int(np.count_nonzero(codes != (zero_points.item() if zero_points.size else 0)))
   shape = [1] * codes.ndim
-  shape[int(q.quantizedDimension)] = zero_points.size
+  shape[tensor.quantized_dimension] = zero_points.size
   return int(np.count_nonzero(codes != zero_points.reshape(shape)))
 
 
@@ -95,35 +76,29 @@ def deployed_parameter_counts(tflite_bytes):
     UserError: a weight's buffer does not hold its shape's elements (a sparse-encoded file:
       count its decoded twin).
   """
-  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(tflite_bytes), 0))
-  graph = model.subgraphs[0]
+  graph = tflite_graph.read_graph(tflite_bytes)
+  constants = tflite_graph.constant_bytes(tflite_bytes)
   seen, ops = set(), []
-  for op in graph.operators or []:
-    opcode = model.operatorCodes[op.opcodeIndex]
-    name = _OP_NAMES.get(max(opcode.builtinCode, opcode.deprecatedBuiltinCode))
-    if name not in WEIGHTED_OPS:
+  for op in graph.operators:
+    if op.name not in WEIGHTED_OPS:
       continue
     counts = {"weights": 0, "nonzero_weights": 0, "biases": 0, "nonzero_biases": 0}
-    for position, index in enumerate(int(i) for i in op.inputs):
-      if position == 0 or index < 0 or index in seen:
+    for position, tensor in enumerate(op.inputs):
+      # Input 0 is the activation; a tensor without data is not a constant (LSTM state).
+      if position == 0 or tensor is None or tensor.index in seen or tensor.index not in constants:
         continue
-      tensor = graph.tensors[index]
-      data = _buffer_data(model.buffers[tensor.buffer], tflite_bytes)
-      if not data:  # Not a constant (the LSTM's state).
-        continue
-      seen.add(index)
-      shape = tuple(int(d) for d in tensor.shape) if tensor.shape is not None else ()
-      dtype = np.dtype(_NUMPY_TYPES[tensor.type]).newbyteorder("<")
-      if tensor.sparsity is not None or len(data) != int(np.prod(shape)) * dtype.itemsize:
-        raise UserError(f"tensor '{tensor.name.decode()}' stores {len(data)} bytes for "
-                        f"shape {list(shape)} of {dtype.name} (sparse-encoded?): count the "
+      seen.add(tensor.index)
+      data = constants[tensor.index]
+      dtype = np.dtype(tensor.dtype.lower()).newbyteorder("<")
+      if tensor.is_sparse or len(data) != tensor.num_elements * dtype.itemsize:
+        raise UserError(f"tensor '{tensor.name}' stores {len(data)} bytes for shape "
+                        f"{list(tensor.shape)} of {dtype.name} (sparse-encoded?): count the "
                         "dense .tflite (tflm_export.sparse_tflite.decode)")
       codes = np.frombuffer(data, dtype)
-      kind = "biases" if position in WEIGHTED_OPS[name] else "weights"
+      kind = "biases" if position in WEIGHTED_OPS[op.name] else "weights"
       counts[kind] += codes.size
-      counts[f"nonzero_{kind}"] += _nonzero_codes(codes.reshape(shape), tensor)
-    output = graph.tensors[int(op.outputs[0])].name.decode("utf-8", "replace")
-    ops.append({"op": name, "output": output, **counts})
+      counts[f"nonzero_{kind}"] += _nonzero_codes(codes.reshape(tensor.shape), tensor)
+    ops.append({"op": op.name, "output": op.outputs[0].name, **counts})
   totals = {key: sum(o[key] for o in ops)
             for key in ("weights", "nonzero_weights", "biases", "nonzero_biases")}
   return {"parameters": totals["weights"] + totals["biases"],

@@ -27,6 +27,7 @@ class Tensor:
   scales: tuple  # one per tensor, or one per channel; () when not quantized
   zero_points: tuple
   quantized_dimension: int
+  is_sparse: bool = False  # stored in TFLite's sparse encoding (SparsityParameters)
 
   @property
   def num_elements(self):
@@ -85,7 +86,8 @@ def _tensor(index, t, buffers):
                 shape=tuple(int(d) for d in t.shape) if t.shape is not None else (),
                 dtype=_TYPE_NAMES.get(t.type, str(t.type)), is_constant=has_data,
                 is_variable=bool(t.isVariable), scales=scales, zero_points=zero_points,
-                quantized_dimension=int(q.quantizedDimension) if q is not None else 0)
+                quantized_dimension=int(q.quantizedDimension) if q is not None else 0,
+                is_sparse=t.sparsity is not None)
 
 
 def _op_name(opcode):
@@ -114,3 +116,20 @@ def read_graph(tflite_bytes):
                outputs=pick(op.outputs)) for op in (graph.operators or []))
   return TfliteGraph(operators=operators, tensors=tensors, inputs=pick(graph.inputs),
                      outputs=pick(graph.outputs), num_subgraphs=len(model.subgraphs))
+
+
+def constant_bytes(tflite_bytes):
+  """{tensor index: the raw bytes of its buffer} for every constant of the main subgraph,
+  whether stored in the flatbuffer table or after it (offset/size)."""
+  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(tflite_bytes), 0))
+  buffers = model.buffers or []
+  data = {}
+  for index, t in enumerate(model.subgraphs[0].tensors):
+    buffer = buffers[t.buffer] if t.buffer < len(buffers) else None
+    if buffer is None:
+      continue
+    if buffer.data is not None and len(buffer.data):
+      data[index] = bytes(bytearray(buffer.data))
+    elif getattr(buffer, "offset", 0) > 1 and getattr(buffer, "size", 0):
+      data[index] = bytes(tflite_bytes[buffer.offset:buffer.offset + buffer.size])
+  return data
