@@ -15,6 +15,7 @@ from tf_tinyse import audio
 from tf_tinyse import data
 from tf_tinyse import demo_data
 from tf_tinyse.data import augment
+from tests.tf_tinyse.test_data import assert_same_batches
 
 RATE = audio.SAMPLE_RATE
 
@@ -292,12 +293,8 @@ def test_all_augmentations_deterministic_parallel_resumable_and_clip_protected(t
   resumed = _batches(train_set, config, 7, 2, start_step=2)
   other_seed = _batches(train_set, config, 8, 1)
   plain = _batches(train_set, data.DataConfig(batch_size=4), 7, 1)
-  for (n1, c1), (n2, c2) in zip(serial, parallel):
-    np.testing.assert_array_equal(n1, n2)
-    np.testing.assert_array_equal(c1, c2)
-  for (n1, c1), (n2, c2) in zip(serial[2:], resumed):
-    np.testing.assert_array_equal(n1, n2)
-    np.testing.assert_array_equal(c1, c2)
+  assert_same_batches(serial, parallel)
+  assert_same_batches(serial[2:], resumed)
   assert not np.allclose(serial[0][0], other_seed[0][0])
   assert not np.allclose(serial[0][1], plain[0][1])
   for noisy, clean in serial:

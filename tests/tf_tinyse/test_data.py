@@ -16,6 +16,14 @@ from tf_tinyse import demo_data
 from tf_tinyse.errors import UserError
 
 
+
+def assert_same_batches(batches, others):
+  """(noisy, clean) batches equal, pairwise."""
+  assert len(batches) == len(others)
+  for (n1, c1), (n2, c2) in zip(batches, others):
+    np.testing.assert_array_equal(n1, n2)
+    np.testing.assert_array_equal(c1, c2)
+
 def _demo(kind, split):
   return sorted(glob.glob(os.path.join(demo_data.path(), kind, split, "*.flac")))
 
@@ -364,12 +372,8 @@ def test_training_stream_is_deterministic_parallel_and_resumable(train_set):
   parallel = _batches(train_set, data.DataConfig(batch_size=4, data_parallel_calls=-1), 7, 4)
   resumed = _batches(train_set, config, seed=7, count=2, start_step=2)
   other_seed = _batches(train_set, config, seed=8, count=1)
-  for (n1, c1), (n2, c2) in zip(serial, parallel):
-    np.testing.assert_array_equal(n1, n2)
-    np.testing.assert_array_equal(c1, c2)
-  for (n1, c1), (n2, c2) in zip(serial[2:], resumed):
-    np.testing.assert_array_equal(n1, n2)
-    np.testing.assert_array_equal(c1, c2)
+  assert_same_batches(serial, parallel)
+  assert_same_batches(serial[2:], resumed)
   assert not np.allclose(serial[0][0], other_seed[0][0])
 
 
