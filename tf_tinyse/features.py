@@ -24,6 +24,12 @@ class FeatureConfig:
   hop_length: int = 256
   num_bands: int = 128
   compression: float = 0.3
+  # Lowest gain the mask can apply: mask' = floor + (1 - floor) * mask. 0 is the paper's path.
+  mask_floor: float = 0.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.mask_floor < 1.0:
+      raise ValueError(f"mask_floor must be in [0, 1), got {self.mask_floor}")
 
   @property
   def num_bins(self):
@@ -154,9 +160,19 @@ def mel_mask_to_linear(mask, config):
   return tf.matmul(mask, tf.constant(mel_matrix(config)))
 
 
+def floored_mask(mask, config):
+  """The model's mask [..., bands] with the config's floor: `f + (1 - f) M`.
+
+  G's columns sum to one, so the floor is also the lowest gain of every STFT bin.
+  """
+  if not config.mask_floor:
+    return mask
+  return config.mask_floor + (1.0 - config.mask_floor) * mask
+
+
 def apply_mel_mask(spectra, mask, config):
-  """Multiplies the noisy STFT by the mel mask brought back to linear frequency."""
-  return spectra * _as_complex(mel_mask_to_linear(mask, config))
+  """Multiplies the noisy STFT by the (floored) mel mask brought back to linear frequency."""
+  return spectra * _as_complex(mel_mask_to_linear(floored_mask(mask, config), config))
 
 
 def compressed_spectrum(spectra, compression):

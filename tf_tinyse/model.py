@@ -44,6 +44,10 @@ flags.DEFINE_list("dense_units", ["128"], "Units of each hidden tanh Dense layer
                   "LSTMs; the sigmoid output layer always has one unit per mel band.")
 flags.DEFINE_bool("qeq", True, "Learnable per-band gain and bias on the input features (QEQ).")
 flags.DEFINE_integer("num_bands", 128, "Mel bands of the input features and of the mask.")
+flags.DEFINE_float("mask_floor", 0.0, "Lowest gain of the mask: the model's mask M is applied as "
+                   "floor + (1 - floor) * M, in training and in every deployed form (saved in "
+                   "config.json and the front-end JSON). 0: the paper's mask.",
+                   lower_bound=0.0, upper_bound=0.99)
 flags.DEFINE_bool("quantize", False, "Quantization-aware training: 8-bit fake quantization of "
                   "the QEQ output, the weights and the activations on the grid of the int8 "
                   "export (fixed [-1, 1] range for the LSTM inputs/outputs).")
@@ -94,7 +98,8 @@ class ModelConfig:
     return cls(lstm_units=tuple(int(u) for u in flag_values.lstm_units),
                dense_units=tuple(int(u) for u in flag_values.dense_units),
                use_qeq=flag_values.qeq, quantize=flag_values.quantize,
-               feature=features.FeatureConfig(num_bands=flag_values.num_bands),
+               feature=features.FeatureConfig(num_bands=flag_values.num_bands,
+                                               mask_floor=flag_values.mask_floor),
                sparsity_structure=flag_values.sparsity_structure,
                block_size=sparsity.block_size_from_shape(flag_values.block_shape),
                pruning=flag_values.pruning)

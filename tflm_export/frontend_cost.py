@@ -137,6 +137,9 @@ class HopFrontend:
     if self.output_quantization is not None:
       scale, zero_point, _ = self.output_quantization
       mask = tflm_runner.dequantize(mask, scale, zero_point)
+    # The floor is affine like the dequantization; on a device both fold into one multiply and
+    # add per band (ops_per_hop's "dequantize_mask").
+    mask = features.floored_mask(np.asarray(mask, np.float32), self.config)
     gain = np.asarray(mask, np.float32) @ self._g  # Gᵀ M: [bins]
     frame = np.fft.irfft(spectrum * gain, n=self.config.frame_length) * self._window
     h = self.config.hop_length

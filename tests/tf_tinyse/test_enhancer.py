@@ -28,3 +28,24 @@ def test_enhance_batch_returns_mask_and_waveform(noisy_clip):
   assert mask.shape[-1] == SMALL.feature.num_bands
   # A mask in [0, 1] never adds energy beyond the noisy input's.
   assert np.sum(enhanced.numpy() ** 2) <= np.sum(noisy ** 2) * 1.01
+
+
+def test_the_mask_floor_is_applied_alike_whole_streaming_and_after_a_save(noisy_clip, tmp_path):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from tflm_export import frontend  # pylint: disable=g-import-not-at-top
+  noisy, _ = noisy_clip
+  floored = dataclasses.replace(SMALL, feature=dataclasses.replace(SMALL.feature,
+                                                                   mask_floor=0.1))
+  training = model_lib.build_mask_model(floored)
+  streaming = model_lib.build_mask_model(floored, streaming=True)
+  streaming.set_weights(training.get_weights())
+  whole = enhancer.Enhancer(training, floored)(noisy)
+  without = enhancer.Enhancer(training, SMALL)(noisy)
+  assert np.abs(whole - without).max() > 1e-3  # the floor changes the output ...
+  streamed = enhancer.StreamingEnhancer.from_keras(streaming, floored.feature)(noisy)
+  np.testing.assert_allclose(streamed, whole, atol=1e-5)  # ... the same way in both forms
+  # The floor travels in config.json and in the front-end file of an export.
+  model_lib.save_config(str(tmp_path), floored)
+  assert model_lib.load_config(str(tmp_path)).feature.mask_floor == 0.1
+  frontend.Frontend(floored.feature).save(str(tmp_path / "m_frontend.json"))
+  assert frontend.Frontend.load(str(tmp_path / "m_frontend.json")).feature.mask_floor == 0.1

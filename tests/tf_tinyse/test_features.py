@@ -71,3 +71,32 @@ def test_compressed_spectrum_keeps_phase():
 
 def test_algorithmic_latency_is_frame_plus_hop():
   assert CONFIG.algorithmic_latency_ms == pytest.approx(48.0)
+
+
+@pytest.mark.parametrize("floor", [0.05, 0.3])
+def test_mask_floor_is_the_lowest_gain_and_keeps_an_all_ones_mask(floor, speech_clip):
+  config = features.FeatureConfig(mask_floor=floor)
+  spectra = features.stft(speech_clip[None, :], config)
+  shape = spectra.shape[:2] + (config.num_bands,)
+  zeros = features.apply_mel_mask(spectra, tf.zeros(shape), config).numpy()
+  np.testing.assert_allclose(zeros, floor * spectra.numpy(), rtol=1e-5, atol=1e-7)
+  ones = features.apply_mel_mask(spectra, tf.ones(shape), config).numpy()
+  np.testing.assert_allclose(ones, spectra.numpy(), rtol=1e-5, atol=1e-7)
+  # In between: the affine map of the mask, per band, before Gᵀ.
+  half = features.apply_mel_mask(spectra, tf.fill(shape, 0.5), config).numpy()
+  np.testing.assert_allclose(half, (floor + (1 - floor) * 0.5) * spectra.numpy(), rtol=1e-5,
+                             atol=1e-7)
+
+
+@pytest.mark.parametrize("floor", [-0.1, 1.0, 1.5])
+def test_a_mask_floor_outside_0_1_is_refused(floor):
+  with pytest.raises(ValueError, match="mask_floor must be in"):
+    features.FeatureConfig(mask_floor=floor)
+
+
+def test_a_config_saved_before_the_mask_floor_loads_without_one():
+  saved = features.FeatureConfig().to_dict()
+  del saved["mask_floor"]
+  assert features.FeatureConfig.from_dict(saved).mask_floor == 0.0
+  floored = features.FeatureConfig(mask_floor=0.05)
+  assert features.FeatureConfig.from_dict(floored.to_dict()) == floored

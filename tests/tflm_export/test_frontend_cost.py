@@ -42,14 +42,21 @@ def test_hop_frontend_computes_the_stft_mel_features_and_qeq(noisy_clip):
   assert np.abs(q.astype(int) - tflm_runner.quantize(expected[:frames], *INPUT_Q)).max() <= 1
 
 
-def test_hop_frontend_synthesis_is_the_istft_of_the_masked_spectrum(noisy_clip):
+@pytest.mark.parametrize("mask_floor", [0.0, 0.05])
+def test_hop_frontend_synthesis_is_the_istft_of_the_masked_spectrum(noisy_clip, mask_floor):
+  config = features.FeatureConfig(mask_floor=mask_floor)
   wave = noisy_clip[0][:16000]
-  spectra = features.stft(wave[None], CONFIG)
+  spectra = features.stft(wave[None], config)
   rng = np.random.default_rng(0)
-  mask = rng.uniform(0, 1, (spectra.shape[1], CONFIG.num_bands)).astype(np.float32)
-  expected = features.istft(features.apply_mel_mask(spectra, mask[None], CONFIG), CONFIG,
+  # Masks near zero, where the floor decides the gain.
+  mask = rng.uniform(0, 0.2, (spectra.shape[1], config.num_bands)).astype(np.float32)
+  expected = features.istft(features.apply_mel_mask(spectra, mask[None], config), config,
                             len(wave)).numpy()[0]
-  hop = frontend_cost.HopFrontend(QEQ)
+  if mask_floor:
+    unfloored = features.istft(features.apply_mel_mask(spectra, mask[None], CONFIG), CONFIG,
+                               len(wave)).numpy()[0]
+    assert np.abs(expected - unfloored).max() > 1e-3
+  hop = frontend_cost.HopFrontend(frontend.Frontend(config, QEQ.qeq_gain, QEQ.qeq_bias))
   out = []
   for t, h in enumerate(_hops(wave, CONFIG)):
     _, spectrum = hop.analyze(h)
