@@ -25,6 +25,7 @@ noisy input of SI-SDR, SDR, PESQ and STOI, the best validation step, and the tra
 and CPU minutes (the child processes' user + system time, which does not depend on how many
 variants run at once); writes them to `<ablation_dir>/ablation.json`.
 """
+import concurrent.futures
 import json
 import os
 import shlex
@@ -230,7 +231,6 @@ def main(argv):
   # The data flags (SNR range, splitting patterns) make the evaluation mixtures.
   eval_args += _given_flags("tf_tinyse.data", exclude=("data_dir",))
 
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
   with concurrent.futures.ThreadPoolExecutor(FLAGS.parallel) as pool:
     rows = list(pool.map(lambda v: run_variant(v[0], v[1], eval_args), variants))
   fileio.write_json_atomic(os.path.join(FLAGS.ablation_dir, "ablation.json"),

@@ -1,7 +1,10 @@
+import dataclasses
+
 import numpy as np
 
 from tf_tinyse import enhancer
 from tf_tinyse import model as model_lib
+from tflm_export import frontend
 
 SMALL = model_lib.ModelConfig(lstm_units=(16, 16), dense_units=(16,))
 
@@ -31,8 +34,6 @@ def test_enhance_batch_returns_mask_and_waveform(noisy_clip):
 
 
 def test_the_mask_floor_is_applied_alike_whole_streaming_and_after_a_save(noisy_clip, tmp_path):
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from tflm_export import frontend  # pylint: disable=g-import-not-at-top
   noisy, _ = noisy_clip
   floored = dataclasses.replace(SMALL, feature=dataclasses.replace(SMALL.feature,
                                                                    mask_floor=0.1))
