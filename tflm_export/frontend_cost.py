@@ -140,7 +140,7 @@ class HopFrontend:
     # The floor is affine like the dequantization; on a device both fold into one multiply and
     # add per band (ops_per_hop's "dequantize_mask").
     mask = features.floored_mask(np.asarray(mask, np.float32), self.config)
-    gain = np.asarray(mask, np.float32) @ self._g  # Gᵀ M: [bins]
+    gain = mask @ self._g  # Gᵀ M: [bins]
     frame = np.fft.irfft(spectrum * gain, n=self.config.frame_length) * self._window
     h = self.config.hop_length
     self._overlap += frame.astype(np.float32)
