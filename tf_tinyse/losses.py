@@ -7,6 +7,10 @@ waveform: the loss then sees the spectrum the listener gets after overlap-add
 (consistency), not the masked spectrum, which overlap-add may change.
 Norms are means over batch, frames and bins so the value does not depend on
 segment length.
+
+`negative_si_sdr` is an optional second term on the waveforms (`--si_sdr_loss_weight` in
+`tf_tinyse.train`): the spectral loss weighs every time-frequency point alike, SI-SDR
+weighs the error by its share of the utterance's energy, the way the metric scores it.
 """
 import tensorflow as tf
 
@@ -34,3 +38,24 @@ def consistent_enhancement_loss(clean_waves, enhanced_waves, config, compression
   return phase_sensitive_loss(features.stft(clean_waves, config),
                               features.stft(enhanced_waves, config),
                               compression, complex_weight)
+
+
+# The SI-SDR term saturates at 30 dB (tau = 10^(-30/10)), as in thresholded SDR losses: an
+# example already that clean stops pulling, and a near-exact estimate cannot make log10 blow up.
+_SI_SDR_CAP_DB = 30.0
+
+
+def negative_si_sdr(clean_waves, enhanced_waves, eps=1e-8):
+  """-SI-SDR in dB per example ([batch, samples] each; returns [batch]), saturating at
+  -30 dB. Zero-mean signals and the optimal scale alpha = <s, s_hat> / ||s||^2 as in
+  `metrics.si_sdr`."""
+  clean = clean_waves - tf.reduce_mean(clean_waves, axis=-1, keepdims=True)
+  enhanced = enhanced_waves - tf.reduce_mean(enhanced_waves, axis=-1, keepdims=True)
+  alpha = (tf.reduce_sum(clean * enhanced, axis=-1, keepdims=True) /
+           (tf.reduce_sum(tf.square(clean), axis=-1, keepdims=True) + eps))
+  target = alpha * clean
+  target_energy = tf.reduce_sum(tf.square(target), axis=-1)
+  error_energy = tf.reduce_sum(tf.square(target - enhanced), axis=-1)
+  tau = 10.0 ** (-_SI_SDR_CAP_DB / 10.0)
+  ratio = (target_energy + eps) / (error_energy + tau * target_energy + eps)
+  return -10.0 * tf.math.log(ratio) / tf.math.log(10.0)

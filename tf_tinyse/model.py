@@ -45,8 +45,9 @@ flags.DEFINE_list("dense_units", ["128"], "Units of each hidden tanh Dense layer
 flags.DEFINE_bool("qeq", True, "Learnable per-band gain and bias on the input features (QEQ).")
 flags.DEFINE_integer("num_bands", 128, "Mel bands of the input features and of the mask.")
 flags.DEFINE_float("mask_floor", 0.0, "Lowest gain of the mask: the model's mask M is applied as "
-                   "floor + (1 - floor) * M, in training and in every deployed form (saved in "
-                   "config.json and the front-end JSON). 0: the paper's mask.",
+                   "floor + (1 - floor) * M in validation and every deployed form (saved in "
+                   "config.json and the front-end JSON), but not in the training loss, where "
+                   "the network would learn to undo it. 0: the paper's mask.",
                    lower_bound=0.0, upper_bound=0.99)
 flags.DEFINE_bool("quantize", False, "Quantization-aware training: 8-bit fake quantization of "
                   "the QEQ output, the weights and the activations on the grid of the int8 "

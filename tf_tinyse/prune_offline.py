@@ -794,7 +794,8 @@ def main(argv):
                       max_validation_files=FLAGS.max_validation_files,
                       log_every=FLAGS.log_every,
                       final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
-                      validation_mixtures=FLAGS.validation_mixtures)
+                      validation_mixtures=FLAGS.validation_mixtures,
+                      si_sdr_loss_weight=FLAGS.si_sdr_loss_weight)
     print(f"fine-tuned {report['steps']} steps with frozen masks: Q {report['q']:.3f} (SI-SDR "
           f"{report['si_sdr']:.2f} dB, PESQ {report['pesq']:.2f}, STOI {report['stoi']:.3f}), "
           f"sparsity {report['sparsity']:.3f}, in {finetune_dir}")

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tf_tinyse import features
@@ -116,3 +117,40 @@ def test_gradient_is_finite_at_silence():
     loss = losses.consistent_enhancement_loss(clean, estimate, CONFIG)
   grad = tape.gradient(loss, estimate)
   assert np.isfinite(grad.numpy()).all()
+
+
+# --- The optional SI-SDR term ----------------------------------------------------------------
+
+
+def test_negative_si_sdr_matches_the_metric_on_real_audio(speech_clip, noise_clip):
+  from tf_tinyse import metrics  # pylint: disable=g-import-not-at-top
+  clean = np.stack([speech_clip, speech_clip]).astype(np.float32)
+  enhanced = np.stack([0.7 * speech_clip + 0.1 * noise_clip,
+                       speech_clip + 0.5 * noise_clip]).astype(np.float32)
+  got = losses.negative_si_sdr(tf.constant(clean), tf.constant(enhanced)).numpy()
+  want = [-metrics.si_sdr(c, e) for c, e in zip(clean, enhanced)]
+  # Below the 30 dB cap the cap's tau*|target|^2 changes the value by < 0.01 dB.
+  np.testing.assert_allclose(got, want, atol=0.02)
+  assert got[0] < got[1]  # more noise, larger loss
+
+
+def test_negative_si_sdr_ignores_the_estimates_scale(speech_clip, noise_clip):
+  clean = tf.constant(speech_clip[None].astype(np.float32))
+  estimate = (speech_clip + 0.3 * noise_clip)[None].astype(np.float32)
+  values = [float(losses.negative_si_sdr(clean, tf.constant(g * estimate))[0])
+            for g in (0.1, 1.0, 4.0)]
+  np.testing.assert_allclose(values, values[1], atol=1e-3)
+
+
+def test_negative_si_sdr_saturates_at_30_db_and_keeps_finite_gradients(speech_clip):
+  clean = tf.constant(speech_clip[None].astype(np.float32))
+  exact = tf.Variable(clean)
+  with tf.GradientTape() as tape:
+    loss = losses.negative_si_sdr(clean, exact)
+  assert float(loss[0]) == pytest.approx(-30.0, abs=0.01)
+  assert np.isfinite(tape.gradient(loss, exact).numpy()).all()
+  silent = tf.Variable(tf.zeros([1, 2048]))
+  with tf.GradientTape() as tape:
+    loss = losses.negative_si_sdr(tf.zeros([1, 2048]), silent)
+  assert np.isfinite(loss.numpy()).all()
+  assert np.isfinite(tape.gradient(loss, silent).numpy()).all()

@@ -1,5 +1,6 @@
 """The training loop: model_dir contents, determinism, resume after SIGTERM/SIGKILL,
 MirroredStrategy equivalence and refusing to resume a different model."""
+import dataclasses
 import glob
 import json
 import os
@@ -19,6 +20,7 @@ import tensorflow as tf
 from tf_tinyse import data
 from tf_tinyse import demo_data
 from tf_tinyse import features
+from tf_tinyse import losses
 from tf_tinyse import model as model_lib
 from tf_tinyse import train
 from tf_tinyse.errors import UserError
@@ -594,3 +596,38 @@ def test_validation_floors_a_silent_output_instead_of_averaging_minus_150_db(
   assert scores["si_sdr"] == pytest.approx((3 * good + metrics.SUMMARY_DB_FLOOR) / 4)
   assert scores["si_sdr_improvement"] == pytest.approx(
       scores["si_sdr"] - metrics.si_sdr(speech_clip, noisy))
+
+
+def test_trainer_adds_the_weighted_si_sdr_term(speech_clip, noise_clip):
+  n = 16000
+  clean = np.stack([speech_clip[:n], speech_clip[n:2 * n]]).astype(np.float32)
+  noisy = (clean + 0.5 * np.stack([noise_clip[:n], noise_clip[n:2 * n]])).astype(np.float32)
+  spectral = train.Trainer(TINY, tf.distribute.get_strategy(), global_batch_size=2)
+  weighted = train.Trainer(TINY, tf.distribute.get_strategy(), global_batch_size=2,
+                           si_sdr_loss_weight=0.01)
+  weighted.model.set_weights(spectral.model.get_weights())
+  enhanced, _ = train.enhancer.enhance_batch(spectral.model, tf.constant(noisy), TINY.feature,
+                                             training=True)
+  term = losses.negative_si_sdr(tf.constant(clean), enhanced).numpy()
+  got = (weighted.per_example_loss(tf.constant(noisy), tf.constant(clean)) -
+         spectral.per_example_loss(tf.constant(noisy), tf.constant(clean))).numpy()
+  np.testing.assert_allclose(got, 0.01 * term, rtol=1e-4, atol=1e-6)
+
+
+def test_the_training_loss_ignores_the_mask_floor_and_validation_applies_it(speech_clip,
+                                                                            noise_clip):
+  n = 16000
+  clean = np.stack([speech_clip[:n], speech_clip[n:2 * n]]).astype(np.float32)
+  noisy = (clean + 0.5 * np.stack([noise_clip[:n], noise_clip[n:2 * n]])).astype(np.float32)
+  floored_config = dataclasses.replace(
+      TINY, feature=dataclasses.replace(TINY.feature, mask_floor=0.2))
+  plain = train.Trainer(TINY, tf.distribute.get_strategy(), global_batch_size=2)
+  floored = train.Trainer(floored_config, tf.distribute.get_strategy(), global_batch_size=2)
+  floored.model.set_weights(plain.model.get_weights())
+  np.testing.assert_allclose(
+      floored.per_example_loss(tf.constant(noisy), tf.constant(clean)).numpy(),
+      plain.per_example_loss(tf.constant(noisy), tf.constant(clean)).numpy(), rtol=1e-6)
+  # What validation and deployment run: the floored mask changes the output.
+  plain_out = train.enhancer.Enhancer(plain.model, TINY)(noisy[0])
+  floored_out = train.enhancer.Enhancer(floored.model, floored_config)(noisy[0])
+  assert np.abs(floored_out - plain_out).max() > 1e-3
