@@ -7,8 +7,14 @@ grids, see `quantizers`) and emits h in int8, and that same int8 h is fed back a
 recurrent state. The cell here mirrors that:
 
     x (optional input quantizer) -> z = x @ Q_k(K) + h_prev @ Q_r(R) + b
-    i, f, o = sigmoid, g = tanh, c = f * c_prev + i * g (optional cell quantizer)
-    h = output_quantizer(o * tanh(c))        # output AND next recurrent state
+    i, f, o = sigmoid, g = tanh, c = clip(f * c_prev + i * g, ±cell_clip)
+    (optional cell quantizer), h = output_quantizer(o * tanh(c))  # output AND next state
+
+The clip is the converter's: it writes `cell_clip=10.0` into every UNIDIRECTIONAL_SEQUENCE_LSTM
+it makes from a tf_keras LSTM (TF 2.21, read back from the flatbuffer), and TFLite and TFLM
+clip c to it at every step, in float and in int8. A tf_keras LSTM does not clip, so a model
+whose cells integrate past 10 (seen: |c| up to 519) runs another recurrence once deployed;
+training with the same clip makes the QAT model the one that runs.
 
 Weights have the layout and names of a tf_keras LSTM (`kernel` [in, 4u],
 `recurrent_kernel` [u, 4u], `bias` [4u], gate order i, f, c, o), so an export model's
@@ -26,6 +32,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from keras_layers import quantizers
+
+# What the TFLite converter writes into a fused LSTM converted from a tf_keras LSTM
+# (UnidirectionalSequenceLSTMOptions.cellClip); `tflm_export.convert` checks every export.
+CONVERTER_CELL_CLIP = 10.0
 
 
 def _default_gate_quantizer():
@@ -51,11 +61,16 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
   `"default"` quantizers: kernel and recurrent kernel `MaxAbsQuantizer(8, splits=4)`,
   output `FixedRangeQuantizer(8, -1, 1)`; cell state None (TFLite keeps it in int16 with
   a power-of-two scale, a grid >= 128x finer than h's). None disables a quantizer.
+
+  cell_clip: |c| is clipped to this after each update, as the deployed op does
+  (`CONVERTER_CELL_CLIP`); None or 0 for no clip (not what TFLite runs).
   """
 
   def __init__(self, units, kernel_quantizer="default", recurrent_quantizer="default",
-               output_quantizer="default", cell_quantizer=None, **kwargs):
+               output_quantizer="default", cell_quantizer=None, cell_clip=CONVERTER_CELL_CLIP,
+               **kwargs):
     super().__init__(units, **kwargs)
+    self.cell_clip = float(cell_clip) if cell_clip else None
     self.kernel_quantizer = _quantizer_arg(kernel_quantizer, _default_gate_quantizer)
     self.recurrent_quantizer = _quantizer_arg(recurrent_quantizer, _default_gate_quantizer)
     self.output_quantizer = _quantizer_arg(output_quantizer, _default_output_quantizer)
@@ -100,6 +115,8 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
     f = self.recurrent_activation(z_f)
     o = self.recurrent_activation(z_o)
     c = f * c_prev + i * self.activation(z_c)
+    if self.cell_clip is not None:
+      c = tf.clip_by_value(c, -self.cell_clip, self.cell_clip)
     if self.cell_quantizer is not None:
       c = self.cell_quantizer(c)
     h = o * self.activation(c)
@@ -116,6 +133,7 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
         "recurrent_quantizer": quantizers.serialize(self.recurrent_quantizer),
         "output_quantizer": quantizers.serialize(self.output_quantizer),
         "cell_quantizer": quantizers.serialize(self.cell_quantizer),
+        "cell_clip": self.cell_clip,
     })
     return config
 
@@ -129,7 +147,7 @@ class QuantizedLSTM(keras.layers.RNN):
     return_sequences, return_state, stateful: as tf_keras LSTM. The streaming form is
       `stateful=True` with a fixed batch input shape (1, 1, features); `reset_states()`
       zeroes h and c.
-    kernel_quantizer, recurrent_quantizer, output_quantizer, cell_quantizer: see
+    kernel_quantizer, recurrent_quantizer, output_quantizer, cell_quantizer, cell_clip: see
       QuantizedLSTMCell.
     input_quantizer: applied to the whole input sequence (e.g. the first LSTM's
       `FixedRangeQuantizer(8, -1, 1)` after QEQ); None when the input is already on a grid.
@@ -142,7 +160,8 @@ class QuantizedLSTM(keras.layers.RNN):
   def __init__(self, units, return_sequences=True, return_state=False, stateful=False,
                kernel_quantizer="default", recurrent_quantizer="default",
                output_quantizer="default", cell_quantizer=None, input_quantizer=None,
-               activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+               cell_clip=CONVERTER_CELL_CLIP, activation="tanh", recurrent_activation="sigmoid",
+               use_bias=True,
                kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                bias_initializer="zeros", unit_forget_bias=True, kernel_regularizer=None,
                recurrent_regularizer=None, bias_regularizer=None, kernel_constraint=None,
@@ -150,7 +169,7 @@ class QuantizedLSTM(keras.layers.RNN):
     # cell_options: extra keyword arguments of a subclass's `cell_class` (e.g. sparsity).
     cell = self.cell_class(
         units, **(cell_options or {}), kernel_quantizer=kernel_quantizer, recurrent_quantizer=recurrent_quantizer,
-        output_quantizer=output_quantizer, cell_quantizer=cell_quantizer,
+        output_quantizer=output_quantizer, cell_quantizer=cell_quantizer, cell_clip=cell_clip,
         activation=activation, recurrent_activation=recurrent_activation, use_bias=use_bias,
         kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
         bias_initializer=bias_initializer, unit_forget_bias=unit_forget_bias,

@@ -49,6 +49,7 @@ from keras_layers.quantized_lstm import QuantizedLSTM
 from tf_tinyse import model as model_lib
 from tflm_export import convert
 from tflm_export import frontend
+from tflm_export import tflite_graph
 
 _OP_CODES = {name: code for name, code in vars(schema.BuiltinOperator).items()
              if not name.startswith("_")}
@@ -405,6 +406,25 @@ def pin_fixed_ranges(tflite_bytes, ranges, dense_ranges=()):
   return fb.to_bytes()
 
 
+def check_cell_clips(tflite_bytes, trained_model):
+  """Raises ConversionError unless each fused LSTM clips its cell state where the trained
+  QuantizedLSTM of the same position does (`QuantizedLSTMCell.cell_clip`).
+
+  The converter chooses the clip itself (`CONVERTER_CELL_CLIP`); a trained layer that clips
+  elsewhere or not at all would run another recurrence in TFLM than in Keras. A plain
+  tf_keras LSTM (a float model exported without QAT) does not clip and is not checked: the
+  TFLM-vs-Keras validation measures what the clip costs it.
+  """
+  written = tflite_graph.fused_lstm_cell_clips(tflite_bytes)
+  trained = [layer for layer in trained_model.layers if isinstance(layer, keras.layers.RNN)]
+  for layer, clip in zip(trained, written):
+    if isinstance(layer, QuantizedLSTM) and (layer.cell.cell_clip or 0.0) != clip:
+      raise convert.ConversionError(
+          f"the converter wrote cell_clip={clip:g} into the fused LSTM of '{layer.name}', "
+          f"which trained with cell_clip={layer.cell.cell_clip}: TFLM would clip its cell "
+          "state elsewhere than the trained model (see keras_layers.quantized_lstm)")
+
+
 def unmasked_model(trained_model, config, streaming=True):
   """The pruned `trained_model` with its pruning masks lifted, as the dense model of its run.
 
@@ -430,7 +450,8 @@ def convert_trained_model(trained_model, config, representative_features):
 
   `build_export_model`, `convert.convert_to_int8` with the front-end output of
   `representative_features` (mel features, one array [frames, bands] per utterance), then
-  `pin_fixed_ranges` with the trained model's fixed LSTM grids, then the integer-only check.
+  `pin_fixed_ranges` with the trained model's fixed LSTM grids, then the integer-only and
+  cell-clip checks.
   """
   export = build_export_model(trained_model, config)
   fe = frontend.Frontend.from_model(trained_model, config.feature)
@@ -443,4 +464,5 @@ def convert_trained_model(trained_model, config, representative_features):
   tflite_bytes = pin_fixed_ranges(tflite_bytes, ranges, dense_preactivation_ranges(trained_model))
   tflite_bytes = repair_zero_gate_matrices(tflite_bytes, export)
   convert.check_tflm_integer(tflite_bytes, len(ranges))
+  check_cell_clips(tflite_bytes, trained_model)
   return tflite_bytes

@@ -118,6 +118,15 @@ def read_graph(tflite_bytes):
                      outputs=pick(graph.outputs), num_subgraphs=len(model.subgraphs))
 
 
+def fused_lstm_cell_clips(tflite_bytes):
+  """The `cell_clip` of each UNIDIRECTIONAL_SEQUENCE_LSTM of the main subgraph, in op order
+  (0.0 means no clip): TFLite and TFLM clip the cell state to it at every step."""
+  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(tflite_bytes), 0))
+  return tuple(float(op.builtinOptions.cellClip)
+               for op in (model.subgraphs[0].operators or [])
+               if _op_name(model.operatorCodes[op.opcodeIndex]) == "UNIDIRECTIONAL_SEQUENCE_LSTM")
+
+
 def constant_bytes(tflite_bytes):
   """{tensor index: the raw bytes of its buffer} for every constant of the main subgraph,
   whether stored in the flatbuffer table or after it (offset/size)."""

@@ -7,15 +7,20 @@ from keras_layers import quantizers as Q
 from keras_layers.quantized_dense import QuantizedDense
 
 
-def convert_int8(model, samples):
-  """Full-integer int8 conversion (what tflm_export does), returns a ready Interpreter."""
+def convert_int8_bytes(model, samples):
+  """Full-integer int8 conversion (what tflm_export does): the `.tflite` bytes."""
   converter = tf.lite.TFLiteConverter.from_keras_model(model)
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
   converter.representative_dataset = lambda: ([s[None].astype(np.float32)] for s in samples)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
   converter.inference_input_type = tf.int8
   converter.inference_output_type = tf.int8
-  interpreter = tf.lite.Interpreter(model_content=converter.convert())
+  return converter.convert()
+
+
+def convert_int8(model, samples):
+  """`convert_int8_bytes`, returned as a ready Interpreter."""
+  interpreter = tf.lite.Interpreter(model_content=convert_int8_bytes(model, samples))
   interpreter.allocate_tensors()
   return interpreter
 

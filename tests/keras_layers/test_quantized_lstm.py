@@ -6,8 +6,10 @@ import tf_keras as keras
 from keras_layers import QEQ
 from keras_layers import quantizers as Q
 from keras_layers.quantized_dense import QuantizedDense
-from keras_layers.quantized_lstm import QuantizedLSTM, QuantizedLSTMCell
-from tests.keras_layers.test_quantized_dense import convert_int8, op_input, run_int8
+from keras_layers.quantized_lstm import CONVERTER_CELL_CLIP, QuantizedLSTM, QuantizedLSTMCell
+from tests.keras_layers.test_quantized_dense import convert_int8, convert_int8_bytes
+from tests.keras_layers.test_quantized_dense import op_input, run_int8
+from tflm_export import tflite_graph
 
 FEATURES, UNITS, TIME = 16, 16, 24
 
@@ -152,6 +154,48 @@ def test_qat_model_matches_int8_tflite_within_few_lsb():
   assert float_lsb.mean() > 2 * QAT_MEAN_LSB, float_lsb.mean()
 
 
+def _integrating_lstm(cell_clip, units=4, features=2):
+  """One LSTM whose cells add the sign of input 0 every frame (i, f, o ≈ 1, g = ±1): c counts
+  up while the input is +1 and down while it is -1, so h changes sign when the count does."""
+  inputs = keras.Input((None, features), batch_size=1)
+  layer = QuantizedLSTM(units, input_quantizer=Q.FixedRangeQuantizer(), cell_clip=cell_clip)
+  model = keras.Model(inputs, layer(inputs))
+  kernel = np.zeros((features, 4 * units), np.float32)
+  kernel[0, 2 * units:3 * units] = 8.0  # g = tanh(8 x0) = ±1
+  kernel[1] = 0.01  # keeps every gate matrix's scale away from zero
+  recurrent = np.full((units, 4 * units), 0.01, np.float32)
+  bias = np.zeros(4 * units, np.float32)
+  bias[:2 * units] = 8.0  # i, f ≈ 1
+  bias[3 * units:] = 8.0  # o ≈ 1
+  layer.set_weights([kernel, recurrent, bias])
+  return model
+
+
+def test_cell_clip_is_the_converters_and_the_int8_model_runs_it():
+  up, down = 16, 24  # the unclipped count reaches 16 and crosses zero 16 frames into "down"
+  x = np.zeros((up + down, 2), np.float32)
+  x[:up, 0], x[up:, 0] = 1.0, -1.0
+  clipped, unclipped = _integrating_lstm(CONVERTER_CELL_CLIP), _integrating_lstm(None)
+  inputs = keras.Input((up + down, 2), batch_size=1)
+  plain = keras.Model(inputs, keras.layers.LSTM(4, return_sequences=True)(inputs))
+  plain.set_weights(clipped.get_weights())
+  tflite = convert_int8_bytes(plain, [x, -x, np.abs(x), -np.abs(x)])
+  # The converter clips every fused LSTM at 10, whatever the Keras layer did.
+  assert tflite_graph.fused_lstm_cell_clips(tflite) == (CONVERTER_CELL_CLIP,)
+  interpreter = tf.lite.Interpreter(model_content=tflite)
+  interpreter.allocate_tensors()
+  y_int8, x_grid, out_scale = run_int8(interpreter, x)
+  h_clipped, h_unclipped = (m(x_grid[None]).numpy()[0, :, 0] for m in (clipped, unclipped))
+  # Clipped, the count falls from 10 and reaches zero on the 10th "down" frame (f < 1 leaks a
+  # little, so h is already negative there, or on the 11th); unclipped it falls from 16 and
+  # turns on the 16th or 17th. The int8 model turns where the clipped layer does.
+  turns = [up + int(np.argmax(h[up:] < 0)) for h in (h_clipped, h_unclipped, y_int8[:, 0])]
+  assert turns[0] in (up + 9, up + 10) and turns[1] in (up + 15, up + 16), turns
+  assert turns[2] == turns[0], turns
+  assert np.abs(h_clipped - y_int8[:, 0]).max() / out_scale <= 3
+  assert np.abs(h_unclipped - y_int8[:, 0]).max() / out_scale > 100
+
+
 def test_straight_through_gradients_reach_weights_and_inputs():
   layer = QuantizedLSTM(UNITS, input_quantizer=Q.FixedRangeQuantizer())
   x = tf.constant(_features(10, seed=1)[None])
@@ -165,10 +209,12 @@ def test_straight_through_gradients_reach_weights_and_inputs():
 
 def test_config_round_trip_and_plain_lstm_takes_weights():
   layer = QuantizedLSTM(UNITS, stateful=False, input_quantizer=Q.FixedRangeQuantizer(),
-                        cell_quantizer=Q.FixedRangeQuantizer(16, -4.0, 4.0 - 2.0 ** -13))
+                        cell_quantizer=Q.FixedRangeQuantizer(16, -4.0, 4.0 - 2.0 ** -13),
+                        cell_clip=3.0)
   layer.build((None, None, FEATURES))
   _lstm_weights(layer)
   config = layer.get_config()
+  assert config["cell_clip"] == 3.0
   clone = QuantizedLSTM.from_config(config)
   assert clone.get_config() == config
   clone.build((None, None, FEATURES))
