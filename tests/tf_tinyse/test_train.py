@@ -372,10 +372,13 @@ def test_mirrored_strategy_on_two_cpus_matches_a_single_device():
   assert result["replicas"] == 2 and result["steps"] == 4
   assert result["replica_batches"] == [2, 2]  # each replica gets half of the global batch
   assert result["moved"] > 1e-3  # training changed the weights: the comparison means something
-  # Measured: equal losses, weights within 3e-7 (the replicas' gradients are summed in
-  # another order).
+  # Measured: equal losses; weights within 3e-7 on one machine and 1.9e-5 on a CI machine
+  # (the replicas' gradients are summed in another order, and Adam at lr 1e-2 magnifies that
+  # for weights whose gradients are near zero). Training on half of each batch alone, as a
+  # replica that missed the other's gradients would, moves the weights 0.05 away (measured):
+  # the bound is 500x below that.
   np.testing.assert_allclose(result["mirrored"], result["single"], rtol=1e-5)
-  assert result["weight_difference"] < 1e-5, result
+  assert result["weight_difference"] < 1e-4, result
 
 
 def test_train_with_a_mirrored_strategy(tmp_path):
