@@ -19,6 +19,11 @@ the test split:
 - otherwise `--eval_data_dir` (default the training corpus) at `--eval_split` (default
   `valid`, the held-out validation speakers and noise recordings).
 
+`--probe_noises` (default tones and clicks) scores every variant also on the same speech mixed
+with synthetic probe noises of kinds no recording in the corpus holds
+(`tf_tinyse.data.probe_noise`: sines, hum, beeps, sirens; impulses, ringing clicks, crackle),
+laid out under `<ablation_dir>/probe_<kind>/`.
+
 A variant whose scores exist is not trained again, and an interrupted one resumes from its
 checkpoint, so the command can be rerun. Prints one row per variant: the improvement over the
 noisy input of SI-SDR, SDR, PESQ and STOI, the best validation step, and the training's wall
@@ -54,6 +59,8 @@ AUGMENTATIONS = {
     "reverb": ["--augment_reverb=0.3"],
     "noise_mix": ["--augment_noise_mix=0.5"],
     "babble": ["--augment_babble=0.3"],
+    "tonal_noise": ["--augment_tonal_noise=0.3"],
+    "clicks": ["--augment_clicks=0.3"],
     "snr_normal": ["--snr_distribution=normal"],
     "level_lufs": ["--level_distribution=lufs"],
 }
@@ -73,6 +80,9 @@ flags.DEFINE_string("eval_data_dir", None, "Corpus scored when --holdout_from is
 flags.DEFINE_enum("eval_split", "valid", ["train", "valid", "test"], "Split of --eval_data_dir "
                   "scored (never tune on test).")
 flags.DEFINE_integer("max_eval_files", 40, "Utterances scored per variant (spread evenly).")
+flags.DEFINE_list("probe_noises", list(data.probe_noise.KINDS), "Probe noise kinds "
+                  f"({', '.join(data.probe_noise.KINDS)}) each variant is also scored on, mixed "
+                  "with the evaluation speech; empty for none.")
 flags.DEFINE_integer("parallel", 1, "Variants trained at once (2 gives ~1.3x the throughput "
                      "of 1 on 2 CPU cores).", lower_bound=1)
 
@@ -123,13 +133,7 @@ def holdout_corpus(source_dir, training_dir, out_dir, speaker_pattern, noise_pat
                     f"{'speakers' if not speech else 'noise recordings'} that the training "
                     f"corpus {training_dir} lacks")
   for kind, files in (("speech", speech), ("noise", noise)):
-    folder = os.path.join(out_dir, kind, "test")
-    os.makedirs(folder, exist_ok=True)
-    for path in files:
-      link = os.path.join(folder, os.path.basename(path))
-      if os.path.lexists(link):
-        os.remove(link)
-      os.symlink(os.path.abspath(path), link)
+    fileio.link_files(files, os.path.join(out_dir, kind, "test"))
   return {"speech": len(speech), "noise": len(noise)}
 
 
@@ -157,13 +161,41 @@ def _run(args, log_path):
   return time.time() - started, usage.ru_utime + usage.ru_stime
 
 
-def run_variant(name, extra, eval_args):
-  """Trains and scores one variant unless its scores exist; returns its result row."""
+def _scores(model_dir, eval_args, suffix):
+  """`tf_tinyse.evaluate`'s summary of `model_dir` on `eval_args`, kept in
+  `<model_dir>.<suffix>.json` (an existing one is read, not scored again)."""
+  scores_path = f"{model_dir}.{suffix}.json"
+  if not os.path.exists(scores_path):
+    _run([sys.executable, "-m", "tf_tinyse.evaluate", f"--model_dir={model_dir}",
+          f"--output_json={scores_path}"] + eval_args, f"{model_dir}.{suffix}.evaluate.log")
+  with open(scores_path) as f:
+    summary = json.load(f)["summary"]
+  return {"files": summary["files"],
+          "improvement": {m: summary["metrics"][m]["improvement"] for m in metrics.METRIC_NAMES},
+          "noisy": {m: summary["metrics"][m]["noisy"] for m in metrics.METRIC_NAMES}}
+
+
+def _add_probes(row, model_dir, probe_args):
+  """Scores the probe noise sets the row lacks; returns whether it added any."""
+  probes = row.setdefault("probes", {})
+  missing = [kind for kind in probe_args if kind not in probes]
+  for kind in missing:
+    probes[kind] = _scores(model_dir, probe_args[kind], f"probe_{kind}")
+  return bool(missing)
+
+
+def run_variant(name, extra, eval_args, probe_args=None):
+  """Trains and scores one variant unless its scores exist (then only the probe sets it
+  lacks, {kind: evaluate args}, are scored); returns its result row."""
   model_dir = os.path.join(FLAGS.ablation_dir, name)
   result_path = model_dir + ".result.json"
+  probe_args = probe_args or {}
   if os.path.exists(result_path):
     with open(result_path) as f:
-      return json.load(f)
+      row = json.load(f)
+    if _add_probes(row, model_dir, probe_args):
+      fileio.write_json_atomic(result_path, row)
+    return row
   steps = [] if any(a.startswith("--steps=") for a in extra) else [
       f"--steps={FLAGS.ablation_steps}"]
   # Later flags win: the variant's own flags override the flagfile's.
@@ -171,18 +203,12 @@ def run_variant(name, extra, eval_args):
                 + _given_flags("tf_tinyse", exclude=("data_dir", "model_dir"))
                 + [f"--model_dir={model_dir}"] + steps + extra)
   wall_s, cpu_s = _run(train_args, model_dir + ".train.log")
-  scores_path = model_dir + ".scores.json"
-  _run([sys.executable, "-m", "tf_tinyse.evaluate", f"--model_dir={model_dir}",
-        f"--output_json={scores_path}"] + eval_args, model_dir + ".evaluate.log")
-  with open(scores_path) as f:
-    summary = json.load(f)["summary"]
   with open(os.path.join(model_dir, "best", "info.json")) as f:
     best = json.load(f)
   row = {"variant": name, "flags": extra, "best_step": best.get("step"),
          "train_wall_minutes": wall_s / 60, "train_cpu_minutes": cpu_s / 60,
-         "files": summary["files"],
-         "improvement": {m: summary["metrics"][m]["improvement"] for m in metrics.METRIC_NAMES},
-         "noisy": {m: summary["metrics"][m]["noisy"] for m in metrics.METRIC_NAMES}}
+         **_scores(model_dir, eval_args, "scores")}
+  _add_probes(row, model_dir, probe_args)
   # Resumed runs measure only their last part: say so rather than report a short time.
   with open(model_dir + ".train.log") as f:
     row["resumed"] = "(started at 0)" not in f.read()
@@ -191,12 +217,21 @@ def run_variant(name, extra, eval_args):
 
 
 def format_rows(rows):
-  header = "| variant | ΔSI-SDR | ΔSDR | ΔPESQ | ΔSTOI | best step | train min (wall / CPU) |"
-  lines = [header, "|---|---|---|---|---|---|---|"]
+  kinds = [k for k in data.probe_noise.KINDS if any(k in r.get("probes", {}) for r in rows)]
+  header = ("| variant | ΔSI-SDR | ΔSDR | ΔPESQ | ΔSTOI | "
+            + "".join(f"{k} ΔSI-SDR / ΔSTOI | " for k in kinds)
+            + "best step | train min (wall / CPU) |")
+  lines = [header, "|---" * (7 + len(kinds)) + "|"]
   for r in rows:
     d = r["improvement"]
+    probes = ""
+    for kind in kinds:
+      p = r.get("probes", {}).get(kind)
+      probes += (f"{p['improvement']['si_sdr']:+.2f} / {p['improvement']['stoi']:+.3f} | "
+                 if p else "— | ")
     lines.append(f"| {r['variant']} | {d['si_sdr']:+.2f} | {d['sdr']:+.2f} | {d['pesq']:+.3f} "
-                 f"| {d['stoi']:+.3f} | {r['best_step']} | {r['train_wall_minutes']:.1f} / "
+                 f"| {d['stoi']:+.3f} | {probes}{r['best_step']} | "
+                 f"{r['train_wall_minutes']:.1f} / "
                  f"{r['train_cpu_minutes']:.1f}{' (resumed)' if r['resumed'] else ''} |")
   return "\n".join(lines)
 
@@ -208,6 +243,10 @@ def main(argv):
     raise UserError("--ablation_dir is required: where the variants' models and scores go")
   if not FLAGS.data_dir:
     FLAGS.data_dir = demo_data.path()
+  unknown_probes = [k for k in FLAGS.probe_noises if k not in data.probe_noise.KINDS]
+  if unknown_probes:
+    raise UserError(f"unknown --probe_noises {unknown_probes}; known: "
+                    f"{', '.join(data.probe_noise.KINDS)}")
   unknown = [v for v in FLAGS.variants if v not in AUGMENTATIONS]
   if unknown:
     raise UserError(f"unknown --variants {unknown}; built in: {', '.join(AUGMENTATIONS)}")
@@ -224,17 +263,27 @@ def main(argv):
     print(f"evaluation set: {counts['speech']} utterances of unseen speakers and "
           f"{counts['noise']} unseen noise recordings from {FLAGS.holdout_from} (train split)")
     eval_args = [f"--data_dir={eval_dir}", "--split=test"]
+    eval_speech = data.discover_corpus(eval_dir).split("test").clean
   else:
-    eval_args = [f"--data_dir={FLAGS.eval_data_dir or FLAGS.data_dir}",
-                 f"--split={FLAGS.eval_split}"]
-  eval_args.append(f"--max_files={FLAGS.max_eval_files}")
+    eval_dir = FLAGS.eval_data_dir or FLAGS.data_dir
+    eval_args = [f"--data_dir={eval_dir}", f"--split={FLAGS.eval_split}"]
+    eval_speech = data.discover_corpus(
+        eval_dir, speaker_id_pattern=FLAGS.speaker_id_pattern,
+        noise_source_pattern=FLAGS.noise_source_pattern).split(FLAGS.eval_split).clean
   # The data flags (SNR range, splitting patterns) make the evaluation mixtures.
-  eval_args += _given_flags("tf_tinyse.data", exclude=("data_dir",))
+  common = [f"--max_files={FLAGS.max_eval_files}"] + _given_flags("tf_tinyse.data",
+                                                                 exclude=("data_dir",))
+  eval_args += common
+  probe_args = {}
+  for kind in FLAGS.probe_noises:
+    probe_dir = data.probe_noise.write_probe_corpus(
+        eval_speech, os.path.join(FLAGS.ablation_dir, f"probe_{kind}"), kind)
+    probe_args[kind] = [f"--data_dir={probe_dir}", "--split=test"] + common
 
   with concurrent.futures.ThreadPoolExecutor(FLAGS.parallel) as pool:
-    rows = list(pool.map(lambda v: run_variant(v[0], v[1], eval_args), variants))
+    rows = list(pool.map(lambda v: run_variant(v[0], v[1], eval_args, probe_args), variants))
   fileio.write_json_atomic(os.path.join(FLAGS.ablation_dir, "ablation.json"),
-                           {"eval": eval_args, "rows": rows})
+                           {"eval": eval_args, "probes": probe_args, "rows": rows})
   print(format_rows(rows))
 
 

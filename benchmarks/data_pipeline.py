@@ -34,7 +34,8 @@ flags.DEFINE_list("parallel_calls", ["1", "-1"],
                   "data_parallel_calls values to compare (-1 = AUTOTUNE).")
 flags.DEFINE_integer("seed", 0, "Stream seed.")
 flags.DEFINE_list("augmentations",
-                  ["spectral_shaping", "speed", "reverb", "noise_mix", "babble", "level", "all"],
+                  ["spectral_shaping", "speed", "reverb", "noise_mix", "babble", "tonal_noise",
+                   "clicks", "level", "all"],
                   "Augmentations to time one by one at probability 1 ('all': together; "
                   "'level': --level_distribution=lufs with --snr_distribution=normal), after "
                   "a row with the augmentation flags as given.")
@@ -45,6 +46,7 @@ FLAGS = flags.FLAGS
 
 _ON = {"spectral_shaping": {"spectral_shaping": 1.0}, "speed": {"speed": 1.0},
        "reverb": {"reverb": 1.0}, "noise_mix": {"noise_mix": 1.0}, "babble": {"babble": 1.0},
+       "tonal_noise": {"tonal_noise": 1.0}, "clicks": {"clicks": 1.0},
        "level": {"level_distribution": "lufs", "snr_distribution": "normal"}}
 _ON["all"] = {k: v for on in _ON.values() for k, v in on.items()}
 

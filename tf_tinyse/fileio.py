@@ -79,3 +79,14 @@ def write_text_atomic(path, text):
 
 def write_json_atomic(path, obj):
   write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def link_files(paths, folder):
+  """Symbolic links `folder/<basename>` to each of `paths` (absolute), replacing any link or
+  file of that name: a corpus folder made of existing recordings without copying them."""
+  os.makedirs(folder, exist_ok=True)
+  for path in paths:
+    link = os.path.join(folder, os.path.basename(path))
+    if os.path.lexists(link):
+      os.remove(link)
+    os.symlink(os.path.abspath(path), link)

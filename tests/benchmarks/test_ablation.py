@@ -98,7 +98,7 @@ def _run(args):
 def test_a_tiny_ablation_trains_scores_and_reuses_its_results(tmp_path):
   args = [f"--ablation_dir={tmp_path}", "--variants=none,spectral_shaping",
           "--variant=short lr: --learning_rate=0.01 --steps=3", "--ablation_steps=2",
-          "--max_eval_files=1", "--parallel=2", *TINY_FLAGS]
+          "--max_eval_files=1", "--parallel=2", "--probe_noises=clicks", *TINY_FLAGS]
   first = _run(args)
   assert first.returncode == 0, first.stderr[-3000:]
   table = json.loads((tmp_path / "ablation.json").read_text())
@@ -111,16 +111,42 @@ def test_a_tiny_ablation_trains_scores_and_reuses_its_results(tmp_path):
     assert rows[name]["files"] == 1
     assert rows[name]["train_cpu_minutes"] > 0 and not rows[name]["resumed"]
     assert set(rows[name]["improvement"]) == {"sdr", "si_sdr", "pesq", "stoi"}
-  # The validation split of the demo corpus is scored, never its test split.
+    assert list(rows[name]["probes"]) == ["clicks"]
+    assert set(rows[name]["probes"]["clicks"]["improvement"]) == {"sdr", "si_sdr", "pesq", "stoi"}
+  # The validation split of the demo corpus is scored, never its test split; the probe set
+  # mixes the same validation speech with the probe clicks.
   with open(tmp_path / "none.scores.json") as f:
     assert json.load(f)["split"] == "valid"
-  assert "| short lr |" in first.stdout
+  with open(tmp_path / "none.probe_clicks.json") as f:
+    probe_scores = json.load(f)
+  valid_speech = data.discover_corpus(demo_data.path()).valid.clean
+  assert sorted(os.listdir(tmp_path / "probe_clicks" / "speech" / "test")) == sorted(
+      os.path.basename(p) for p in valid_speech)
+  assert all(r["noise"].startswith("probe_clicks_") for r in probe_scores["per_file"])
+  assert "| short lr |" in first.stdout and "clicks ΔSI-SDR / ΔSTOI" in first.stdout
 
   mtimes = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "*.result.json"))}
   again = _run(args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert {p: os.path.getmtime(p) for p in mtimes} == mtimes
   assert again.stdout.splitlines()[-3:] == first.stdout.splitlines()[-3:]
+
+  # Asked for another probe kind, the trained variants are scored on it, not trained again.
+  logs = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "*.train.log"))}
+  more = _run([a for a in args if not a.startswith("--probe_noises")]
+              + ["--probe_noises=clicks,tones"])
+  assert more.returncode == 0, more.stderr[-3000:]
+  assert {p: os.path.getmtime(p) for p in logs} == logs
+  rows = {r["variant"]: r for r in json.loads((tmp_path / "ablation.json").read_text())["rows"]}
+  assert all(list(r["probes"]) == ["clicks", "tones"] for r in rows.values())
+  assert "tones ΔSI-SDR / ΔSTOI" in more.stdout
+
+
+def test_an_unknown_probe_kind_is_one_line(tmp_path):
+  result = _run([f"--ablation_dir={tmp_path}", "--probe_noises=hum"])
+  assert result.returncode != 0
+  assert "unknown --probe_noises ['hum']" in result.stderr
+  assert "Traceback" not in result.stderr
 
 
 def test_an_unknown_builtin_variant_is_one_line(tmp_path):

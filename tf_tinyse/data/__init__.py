@@ -6,6 +6,8 @@
   * `augment`: augmentation of the speech and noise of a training example (off by default);
   * `stream`: the training `tf.data` stream, a pure function of (seed, batch index);
   * `evaluation`: deterministic whole-utterance evaluation sets;
+  * `probe_noise`: synthetic tones and clicks that score a model on noise kinds no recording
+    held (evaluation only);
   * `config`: the data flags and `DataConfig` (augmentation flags live in `augment`).
 
 Callers use `from tf_tinyse import data` and `data.<name>`.
@@ -15,6 +17,7 @@ from tf_tinyse.data import config
 from tf_tinyse.data import corpus
 from tf_tinyse.data import evaluation
 from tf_tinyse.data import mixing
+from tf_tinyse.data import probe_noise
 from tf_tinyse.data import stream
 from tf_tinyse.data.augment import AugmentConfig
 from tf_tinyse.data.config import DataConfig

@@ -18,6 +18,14 @@ mixed at their LUFS SNR (`mixing.mix_at_snr`, whose clip protection still applie
   * babble (`--augment_babble`): `--babble_talkers_min`..`_max` speech segments of training
     speakers other than the target's (`corpus.speaker_id`), each at the same RMS, summed and
     added to the noise like a second noise.
+  * tonal noise (`--augment_tonal_noise`): a stationary narrowband component added to the
+    noise: training noise through very narrow resonators (Q 30–300), either at 1–3 random
+    frequencies (whines, beeps, feedback) or on a harmonic series (hum, motors), so that a
+    steady tone is heard as noise and not as a voiced speech harmonic. Made from the training
+    noise recordings, not from synthetic sines.
+  * clicks (`--augment_clicks`): broadband clicks added to the noise: bursts of 1–10 ms cut
+    from training noise, first-differenced (broadband) and decaying, at random times (2–20
+    per second), so that a click is removed without the speech band it covers.
   * SNR and level distributions: `--snr_distribution=normal` draws the SNR from a normal
     distribution truncated to [`--snr_db_min`, `--snr_db_max`]; `--level_distribution=lufs`
     sets the speech of the mixture to a loudness drawn from [`--level_lufs_min`,
@@ -76,11 +84,20 @@ flags.DEFINE_float("reverb_early_ms", 50.0,
 flags.DEFINE_float("augment_noise_mix", 0.0,
                    f"{_PROBABILITY} of adding a second noise segment to the example's noise.")
 flags.DEFINE_float("noise_mix_db", 10.0,
-                   "Level of a second noise or of babble relative to the example's noise (RMS): "
+                   "Level of a second noise, babble, a tonal component or clicks relative to "
+                   "the example's noise (RMS): "
                    "U(-x, x) dB.")
 flags.DEFINE_float("augment_babble", 0.0,
                    f"{_PROBABILITY} of adding babble (other training speakers than the "
                    "target's, see --speaker_id_pattern) to the example's noise.")
+flags.DEFINE_float("augment_tonal_noise", 0.0,
+                   f"{_PROBABILITY} of adding a tonal component (training noise through narrow "
+                   "resonators: 1-3 random frequencies or a harmonic series) to the example's "
+                   "noise, at --noise_mix_db relative to it.")
+flags.DEFINE_float("augment_clicks", 0.0,
+                   f"{_PROBABILITY} of adding broadband clicks (1-10 ms decaying bursts of "
+                   "differenced training noise, 2-20 per second) to the example's noise, at "
+                   "--noise_mix_db relative to it.")
 flags.DEFINE_integer("babble_talkers_min", 3, "Babble: fewest talkers.")
 flags.DEFINE_integer("babble_talkers_max", 6, "Babble: most talkers.")
 flags.DEFINE_enum("snr_distribution", "uniform", SNR_DISTRIBUTIONS,
@@ -96,7 +113,8 @@ flags.DEFINE_float("level_lufs_max", -15.0,
                    "Highest speech loudness of --level_distribution=lufs.")
 
 _PROBABILITY_FLAGS = ("augment_spectral_shaping", "augment_speed", "augment_reverb",
-                      "augment_noise_mix", "augment_babble")
+                      "augment_noise_mix", "augment_babble", "augment_tonal_noise",
+                      "augment_clicks")
 for _name in _PROBABILITY_FLAGS:
   flags.register_validator(_name, lambda v: 0 <= v <= 1, f"--{_name} must be in [0, 1]")
 flags.register_validator("spectral_shaping_db", lambda v: 0 <= v <= 24,
@@ -142,6 +160,8 @@ class AugmentConfig:
   babble: float = 0.0
   babble_talkers_min: int = 3
   babble_talkers_max: int = 6
+  tonal_noise: float = 0.0
+  clicks: float = 0.0
   snr_distribution: str = "uniform"
   snr_db_std: float = 5.0
   level_distribution: str = "relative"
@@ -157,7 +177,8 @@ class AugmentConfig:
   @property
   def changes_examples(self) -> bool:
     """Whether any augmentation changes the speech, noise or level of an example."""
-    return (max(self.spectral_shaping, self.speed, self.reverb, self.noise_mix, self.babble) > 0
+    return (max(self.spectral_shaping, self.speed, self.reverb, self.noise_mix, self.babble,
+                self.tonal_noise, self.clicks) > 0
             or self.level_distribution != "relative")
 
   @classmethod
@@ -171,7 +192,8 @@ class AugmentConfig:
                reverb_early_ms=f.reverb_early_ms, noise_mix=f.augment_noise_mix,
                noise_mix_db=f.noise_mix_db, babble=f.augment_babble,
                babble_talkers_min=f.babble_talkers_min,
-               babble_talkers_max=f.babble_talkers_max, snr_distribution=f.snr_distribution,
+               babble_talkers_max=f.babble_talkers_max, tonal_noise=f.augment_tonal_noise,
+               clicks=f.augment_clicks, snr_distribution=f.snr_distribution,
                snr_db_std=f.snr_db_std, level_distribution=f.level_distribution,
                level_lufs_min=f.level_lufs_min, level_lufs_max=f.level_lufs_max)
 
@@ -455,10 +477,92 @@ def babble(rng, waves, by_speaker, exclude, length, talkers) -> tuple:
 
 
 # --------------------------------------------------------------------------------------------
+# Tonal noise and clicks
+
+_TONE_BAND = (80.0, 7000.0)  # Hz: where a tone's frequency or a series' harmonics lie
+_TONE_Q = (30.0, 300.0)  # resonator Q, log-uniform: bandwidths f/Q of a few Hz to tens of Hz
+_HUM_F0 = (50.0, 400.0)  # Hz: fundamental of a harmonic series
+_HUM_HARMONICS = 8  # at most; those above the tone band are dropped
+_TONE_WARMUP = 0.25  # s of extra noise filtered first, so the resonators have rung up
+
+
+def resonator(freq, q, sample_rate=audio.SAMPLE_RATE) -> np.ndarray:
+  """An RBJ band-pass biquad (0 dB at `freq`, bandwidth freq / q) as one sosfilt row."""
+  w0 = 2 * np.pi * freq / sample_rate
+  alpha = np.sin(w0) / (2 * q)
+  den = [1 + alpha, -2 * np.cos(w0), 1 - alpha]
+  return np.array([alpha, 0.0, -alpha] + den, dtype=np.float64) / den[0]
+
+
+def tone_frequencies(rng) -> np.ndarray:
+  """The frequencies of one tonal component: 1–3 log-uniform in the tone band, or (half the
+  time) a harmonic series of a log-uniform fundamental, its harmonics up to the band's top."""
+  if rng.random() < 0.5:
+    return np.exp(rng.uniform(*np.log(_TONE_BAND), size=int(rng.integers(1, 4))))
+  f0 = float(np.exp(rng.uniform(*np.log(_HUM_F0))))
+  harmonics = f0 * np.arange(1, _HUM_HARMONICS + 1)
+  return harmonics[harmonics <= _TONE_BAND[1]]
+
+
+def tonal_noise(rng, noises, length, sample_rate=audio.SAMPLE_RATE) -> np.ndarray:
+  """A stationary narrowband sound of `length` samples made from the `noises` recordings.
+
+  Each frequency of `tone_frequencies` gets its own crop of a random recording through a
+  resonator of random Q, scaled to unit RMS and then by a random level (harmonics fall off as
+  1/k^p, p in [0, 1.5]). A noise through a resonator this narrow is a sine whose amplitude
+  and phase wander slowly, as a real whine or hum does.
+  """
+  freqs = tone_frequencies(rng)
+  warmup = int(_TONE_WARMUP * sample_rate)
+  slope = rng.uniform(0.0, 1.5)
+  total = np.zeros(length, np.float64)
+  for k, freq in enumerate(freqs):
+    source = noises[int(rng.integers(len(noises)))]
+    segment = crop(source, int(rng.integers(source.size)), warmup + length, loop=True)
+    q = float(np.exp(rng.uniform(*np.log(_TONE_Q))))
+    ringing = scipy.signal.sosfilt(resonator(freq, q, sample_rate)[None],
+                                   segment.astype(np.float64))[warmup:]
+    rms = np.sqrt(np.mean(np.square(ringing)))
+    if rms > 0:
+      total += ringing / rms * (k + 1) ** -slope * 10 ** (rng.uniform(-6, 0) / 20)
+  return total.astype(np.float32)
+
+
+_CLICK_RATE = (2.0, 20.0)  # clicks per second, log-uniform per example
+_CLICK_MS = (1.0, 10.0)  # burst length, log-uniform per click
+
+
+def clicks(rng, noises, length, sample_rate=audio.SAMPLE_RATE) -> np.ndarray:
+  """Broadband clicks over `length` samples, made from the `noises` recordings.
+
+  A Poisson number of clicks at uniform times; each is a burst cut from a random recording,
+  first-differenced (which tilts it +6 dB per octave, to a broadband crack), under an
+  exponential decay of a quarter of its length, at a level within ±6 dB of the others.
+  """
+  rate = float(np.exp(rng.uniform(*np.log(_CLICK_RATE))))
+  count = max(1, int(rng.poisson(rate * length / sample_rate)))
+  total = np.zeros(length, np.float64)
+  for _ in range(count):
+    n = max(4, int(np.exp(rng.uniform(*np.log(_CLICK_MS))) * sample_rate / 1000))
+    source = noises[int(rng.integers(len(noises)))]
+    burst = np.diff(crop(source, int(rng.integers(source.size)), n + 1, loop=True)
+                    .astype(np.float64))
+    burst *= np.exp(-np.arange(n) / (n / 4))
+    peak = np.max(np.abs(burst))
+    if peak == 0:
+      continue
+    at = int(rng.integers(length))
+    end = min(length, at + n)
+    total[at:end] += (burst / peak * 10 ** (rng.uniform(-6, 6) / 20))[:end - at]
+  return total.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
 # One training example
 
 _STREAM_ID = 4  # the streams' generators: 1 speech segments, 2 noise segments, 3 batches
 _SPEED, _SPEECH_SHAPING, _REVERB, _NOISE_MIX, _BABBLE, _NOISE_SHAPING, _LEVEL, _BANK = range(1, 9)
+_TONAL, _CLICKS = 9, 10
 
 
 class ExampleAugmenter:
@@ -526,8 +630,8 @@ class ExampleAugmenter:
     return self._reverberate(k, speech, context)
 
   def noise(self, g, noise, f) -> np.ndarray:
-    """The example's noise segment plus a second noise and babble (not of speech file `f`'s
-    speaker), then spectrally shaped, each if drawn."""
+    """The example's noise segment plus a second noise, babble (not of speech file `f`'s
+    speaker), a tonal component and clicks, then spectrally shaped, each if drawn."""
     c, n = self._config, self._n
     rng = self._drawn(g, _NOISE_MIX, c.noise_mix)
     if rng is not None:
@@ -540,6 +644,12 @@ class ExampleAugmenter:
       talk, _ = babble(rng, self._set.clean, self._by_speaker, self._speakers[f], n, talkers)
       if talk is not None:
         noise = add_at_level(noise, talk, rng.uniform(-c.noise_mix_db, c.noise_mix_db))
+    for kind, probability, make in ((_TONAL, c.tonal_noise, tonal_noise),
+                                    (_CLICKS, c.clicks, clicks)):
+      rng = self._drawn(g, kind, probability)
+      if rng is not None:
+        added = make(rng, self._set.noise, n, self._rate)
+        noise = add_at_level(noise, added, rng.uniform(-c.noise_mix_db, c.noise_mix_db))
     rng = self._drawn(g, _NOISE_SHAPING, c.spectral_shaping)
     if rng is not None:
       noise = shape_spectrum(noise, random_biquads(rng, c.spectral_shaping_db), self._rate)
