@@ -508,8 +508,8 @@ def tonal_noise(rng, noises, length, sample_rate=audio.SAMPLE_RATE) -> np.ndarra
   """A stationary narrowband sound of `length` samples made from the `noises` recordings.
 
   Each frequency of `tone_frequencies` gets its own crop of a random recording through a
-  resonator of random Q, scaled to unit RMS and then by a random level (harmonics fall off as
-  1/k^p, p in [0, 1.5]). A noise through a resonator this narrow is a sine whose amplitude
+  resonator of random Q, scaled to unit RMS and then by a random level: the k-th frequency
+  by k^-p (p in [0, 1.5], drawn once: a series' harmonics fall off) and U(-6, 0) dB. A noise through a resonator this narrow is a sine whose amplitude
   and phase wander slowly, as a real whine or hum does.
   """
   freqs = tone_frequencies(rng)
