@@ -21,7 +21,8 @@ the test split:
 
 `--probe_noises` (default tones and clicks) scores every variant also on the same speech mixed
 with synthetic probe noises of kinds no recording in the corpus holds
-(`tf_tinyse.data.probe_noise`: sines, hum, beeps, sirens; impulses, ringing clicks, crackle),
+(`tf_tinyse.data.probe_noise`: sines, hum, beeps, DTMF, sirens, whines; cracks, ringing
+clicks, crackle, ticks),
 laid out under `<ablation_dir>/probe_<kind>/`.
 
 A variant whose scores exist is not trained again, and an interrupted one resumes from its
@@ -262,14 +263,13 @@ def main(argv):
                             FLAGS.speaker_id_pattern, FLAGS.noise_source_pattern)
     print(f"evaluation set: {counts['speech']} utterances of unseen speakers and "
           f"{counts['noise']} unseen noise recordings from {FLAGS.holdout_from} (train split)")
-    eval_args = [f"--data_dir={eval_dir}", "--split=test"]
-    eval_speech = data.discover_corpus(eval_dir).split("test").clean
+    eval_split = "test"
   else:
-    eval_dir = FLAGS.eval_data_dir or FLAGS.data_dir
-    eval_args = [f"--data_dir={eval_dir}", f"--split={FLAGS.eval_split}"]
-    eval_speech = data.discover_corpus(
-        eval_dir, speaker_id_pattern=FLAGS.speaker_id_pattern,
-        noise_source_pattern=FLAGS.noise_source_pattern).split(FLAGS.eval_split).clean
+    eval_dir, eval_split = FLAGS.eval_data_dir or FLAGS.data_dir, FLAGS.eval_split
+  eval_args = [f"--data_dir={eval_dir}", f"--split={eval_split}"]
+  # The split as evaluate finds it, so the probe sets hold the same speech.
+  eval_speech = data.discover_corpus(
+      eval_dir, **data.DataConfig.from_flags().split_options()).split(eval_split).clean
   # The data flags (SNR range, splitting patterns) make the evaluation mixtures.
   common = [f"--max_files={FLAGS.max_eval_files}"] + _given_flags("tf_tinyse.data",
                                                                  exclude=("data_dir",))
