@@ -40,6 +40,7 @@ from tf_tinyse import enhancer as enhancer_lib
 from tf_tinyse import evaluate
 from tf_tinyse import export
 from tf_tinyse import fileio
+from tf_tinyse import losses
 from tf_tinyse import metrics
 from tf_tinyse import model as model_lib
 from tf_tinyse import sparsity
@@ -104,7 +105,7 @@ def _train(ctx, config, model_dir, steps, learning_rate, init_from=None, sparsit
       final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
       validation_mixtures=FLAGS.validation_mixtures, sparsity_schedule=sparsity_schedule,
       if_init_changed=train.INIT_CHANGED_RESTART, worker_role=ctx.role,
-      si_sdr_loss_weight=FLAGS.si_sdr_loss_weight)
+      loss=losses.LossConfig.from_flags())
   info = {"steps": result["step"], "resumed_from_step": result["resumed_from"],
           "best_validation": result["best"], "wall_seconds_this_run": time.time() - started,
           "model_dir": model_dir}
@@ -218,6 +219,13 @@ def stage_examples(ctx, report):
   report["examples"] = {"folder": folder, "files": written}
 
 
+def _cpu_seconds():
+  """User + system CPU time of this process (all its threads) and of the child processes
+  it waited for: a stage's cost on the machine, whatever else shares its cores."""
+  times = os.times()
+  return times.user + times.system + times.children_user + times.children_system
+
+
 # The stages every worker of a multi-worker cluster runs; the others only the chief runs.
 TRAINING_STAGES = ("train", "quantization_aware_training")
 STAGES = [("train", stage_train), ("evaluate_fp32", stage_evaluate_float),
@@ -252,6 +260,9 @@ def print_report(report):
     print("\n" + export.format_card(export_info["card"]))
     print(f"int8 model: {export_info['tflite']}  card: {export_info['model_card']}")
   print(f"example WAVs: {report['examples']['folder']}")
+  print("time per stage, wall / CPU minutes: " + ", ".join(
+      f"{name} {stage['seconds'] / 60:.1f} / {stage['cpu_seconds'] / 60:.1f}"
+      for name, stage in report["stages"].items()))
   print(f"report: {report['report_json']}")
 
 
@@ -281,10 +292,11 @@ def main(argv):
   for name, stage in STAGES:
     if not ctx.role.is_chief and name not in TRAINING_STAGES:
       continue
-    started = time.time()
+    started, cpu_started = time.time(), _cpu_seconds()
     logging.info("stage %s", name)
     stage(ctx, report)
-    report["stages"][name] = {"seconds": time.time() - started}
+    report["stages"][name] = {"seconds": time.time() - started,
+                              "cpu_seconds": _cpu_seconds() - cpu_started}
     if ctx.role.is_chief:
       fileio.write_json_atomic(report["report_json"], report)
   if not ctx.role.is_chief:

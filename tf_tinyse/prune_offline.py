@@ -95,6 +95,7 @@ from tf_tinyse import cli
 from tf_tinyse import data
 from tf_tinyse import enhancer as enhancer_lib
 from tf_tinyse import fileio
+from tf_tinyse import losses
 from tf_tinyse import metrics
 from tf_tinyse import model as model_lib
 from tf_tinyse import sparsity
@@ -795,7 +796,7 @@ def main(argv):
                       log_every=FLAGS.log_every,
                       final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
                       validation_mixtures=FLAGS.validation_mixtures,
-                      si_sdr_loss_weight=FLAGS.si_sdr_loss_weight)
+                      loss=losses.LossConfig.from_flags())
     print(f"fine-tuned {report['steps']} steps with frozen masks: Q {report['q']:.3f} (SI-SDR "
           f"{report['si_sdr']:.2f} dB, PESQ {report['pesq']:.2f}, STOI {report['stoi']:.3f}), "
           f"sparsity {report['sparsity']:.3f}, in {finetune_dir}")

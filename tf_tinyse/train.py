@@ -55,9 +55,6 @@ flags.DEFINE_integer("steps", 2000, "Total training steps (a resumed run stops a
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 flags.DEFINE_float("final_learning_rate_fraction", 0.1, "Cosine decay of the learning rate over "
                    "--steps down to this fraction of --learning_rate (1: constant).")
-flags.DEFINE_float("si_sdr_loss_weight", 0.0, "Weight per dB of a -SI-SDR term on the "
-                   "waveforms added to the spectral loss (losses.negative_si_sdr); 0: the "
-                   "paper's loss alone.", lower_bound=0.0)
 flags.DEFINE_float("clip_norm", 3.0, "Global gradient-norm clipping.")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints.")
 flags.DEFINE_integer("validate_every", 500, "Steps between validations (also at the end).")
@@ -162,14 +159,14 @@ class Trainer:
 
   def __init__(self, config, strategy, learning_rate=1e-3, clip_norm=3.0, global_batch_size=32,
                decay_steps=None, final_learning_rate_fraction=1.0, sparsity_schedule=None,
-               si_sdr_loss_weight=0.0):
+               loss=losses.LossConfig()):
     self.config = config
     # The mask floor is for deployment only: trained under it the network learns to lower
     # its mask by as much (measured, demo.cfg at 4,000 steps, validation: trained with a
     # 0.05 floor it scored -0.16 dB SI-SDR against no floor, while the same floor put on a
     # model trained without it gave +0.2 dB and +0.008 STOI). Validation applies it.
     self._loss_feature = dataclasses.replace(config.feature, mask_floor=0.0)
-    self.si_sdr_loss_weight = si_sdr_loss_weight
+    self.loss = loss
     self.strategy = strategy
     self.global_batch_size = global_batch_size
     # Online pruning: the sparsity loss steers the learned thresholds to the schedule's target.
@@ -210,11 +207,7 @@ class Trainer:
   def per_example_loss(self, noisy, clean):
     feature = self._loss_feature
     enhanced, _ = enhancer.enhance_batch(self.train_model, noisy, feature, training=True)
-    loss = losses.per_example_loss(features.stft(clean, feature), features.stft(enhanced, feature),
-                                   feature.compression)
-    if self.si_sdr_loss_weight:
-      loss += self.si_sdr_loss_weight * losses.negative_si_sdr(clean, enhanced)
-    return loss
+    return self.loss.per_example(clean, enhanced, feature)
 
   def _replica_step(self, noisy, clean):
     with tf.GradientTape() as tape:
@@ -416,7 +409,7 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
           clip_norm=3.0, checkpoint_every=200, validate_every=500, max_validation_files=16,
           log_every=50, strategy=None, progress=True, init_from=None,
           final_learning_rate_fraction=0.1, validation_mixtures=1, sparsity_schedule=None,
-          if_init_changed=INIT_CHANGED_ERROR, worker_role=None, si_sdr_loss_weight=0.0):
+          if_init_changed=INIT_CHANGED_ERROR, worker_role=None, loss=losses.LossConfig()):
   """Trains (or resumes) up to `steps` total steps. Returns a summary dict.
 
   `sparsity_schedule` (`sparsity.Schedule`): the target sparsity over the steps for a pruned
@@ -428,7 +421,7 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
   weights of `init_from`, `if_init_changed` 'error' raises a UserError, 'restart' moves
   model_dir aside to `<model_dir>.stale` and trains from the start (see `_check_init_from`).
 
-  `si_sdr_loss_weight`: weight per dB of `losses.negative_si_sdr` beside the spectral loss.
+  `loss` (`losses.LossConfig`): the weights of the loss terms.
 
   `worker_role` (`WorkerRole`, default: from the strategy's cluster resolver): only the chief
   writes into model_dir; other workers read checkpoints and best/info.json from it and write
@@ -441,6 +434,12 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
   if if_init_changed not in (INIT_CHANGED_ERROR, INIT_CHANGED_RESTART):
     raise ValueError(f"if_init_changed must be {INIT_CHANGED_ERROR!r} or "
                      f"{INIT_CHANGED_RESTART!r}, got {if_init_changed!r}")
+  segment_frames = features.num_frames(
+      int(round(data_config.segment_seconds * config.feature.sample_rate)), config.feature)
+  if loss.stoi_weight and segment_frames < losses.stoi_segment_frames(config.feature):
+    raise UserError(f"--stoi_loss_weight compares {losses.STOI_SEGMENT_SECONDS * 1000:.0f} ms "
+                    f"envelope segments; --segment_seconds={data_config.segment_seconds} is "
+                    "shorter: raise it or set --stoi_loss_weight=0")
   strategy = strategy or tf.distribute.get_strategy()
   role = worker_role or WorkerRole.from_strategy(strategy)
   model_dir = os.fspath(model_dir)
@@ -454,14 +453,13 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
                   clip_norm, checkpoint_every, validate_every, max_validation_files, log_every,
                   strategy, progress, init_from, final_learning_rate_fraction,
                   validation_mixtures, sparsity_schedule, restarted,
-                  checkpoints_shown=os.path.join(model_dir, CHECKPOINTS),
-                  si_sdr_loss_weight=si_sdr_loss_weight)
+                  checkpoints_shown=os.path.join(model_dir, CHECKPOINTS), loss=loss)
 
 
 def _train(config, data_config, corpus, read_dir, out_dir, steps, seed, learning_rate,
            clip_norm, checkpoint_every, validate_every, max_validation_files, log_every,
            strategy, progress, init_from, final_learning_rate_fraction, validation_mixtures,
-           sparsity_schedule, restarted, checkpoints_shown, si_sdr_loss_weight=0.0):
+           sparsity_schedule, restarted, checkpoints_shown, loss=losses.LossConfig()):
   """train() once the folders are decided: resumes from `read_dir` (None: from the start),
   writes into `out_dir`."""
   keras.utils.set_random_seed(seed)
@@ -469,7 +467,7 @@ def _train(config, data_config, corpus, read_dir, out_dir, steps, seed, learning
     sparsity_schedule = sparsity.Schedule(end_step=max(1, int(0.6 * steps)))
   trainer = Trainer(config, strategy, learning_rate, clip_norm, data_config.batch_size,
                     decay_steps=steps, final_learning_rate_fraction=final_learning_rate_fraction,
-                    sparsity_schedule=sparsity_schedule, si_sdr_loss_weight=si_sdr_loss_weight)
+                    sparsity_schedule=sparsity_schedule, loss=loss)
   checkpoint = tf.train.Checkpoint(model=trainer.train_model, optimizer=trainer.optimizer,
                                    step=trainer.step,
                                    sparsity_multiplier=trainer.sparsity_multiplier)
@@ -651,7 +649,7 @@ def main(argv):
                  strategy=strategy, init_from=FLAGS.init_from,
                  final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
                  validation_mixtures=FLAGS.validation_mixtures, sparsity_schedule=schedule,
-                 si_sdr_loss_weight=FLAGS.si_sdr_loss_weight)
+                 loss=losses.LossConfig.from_flags())
   best = result["best"] or {}
   print(f"trained to step {result['step']} (started at {result['resumed_from']}); "
         f"best validation SI-SDR {best.get('si_sdr', float('nan')):.2f} dB at step "

@@ -154,3 +154,83 @@ def test_negative_si_sdr_saturates_at_30_db_and_keeps_finite_gradients(speech_cl
     loss = losses.negative_si_sdr(tf.zeros([1, 2048]), silent)
   assert np.isfinite(loss.numpy()).all()
   assert np.isfinite(tape.gradient(loss, silent).numpy()).all()
+
+
+# --- The optional STOI-like term -------------------------------------------------------------
+
+
+def _envelope_decorrelation(clean, enhanced):
+  clean, enhanced = (tf.constant(np.atleast_2d(x).astype(np.float32)) for x in (clean, enhanced))
+  return losses.envelope_decorrelation(features.stft(clean, CONFIG),
+                                       features.stft(enhanced, CONFIG), CONFIG).numpy()
+
+
+def test_third_octave_bands_are_stois_disjoint_and_none_is_empty():
+  matrix = losses.third_octave_matrix(CONFIG)
+  assert matrix.shape == (CONFIG.num_bins, 15)
+  assert set(np.unique(matrix)) == {0.0, 1.0}
+  assert matrix.sum(axis=1).max() == 1.0  # disjoint
+  assert matrix.sum(axis=0).min() >= 1.0  # every band holds a bin
+  hz = np.arange(CONFIG.num_bins) * CONFIG.sample_rate / CONFIG.frame_length
+  lowest, highest = hz[matrix.any(axis=1)][[0, -1]]
+  # 150 Hz * 2^(-1/6) = 134 Hz up to the 15th band's top edge, 150 * 2^(14/3 + 1/6) = 4.3 kHz.
+  assert 134 <= lowest <= 170 and 4000 <= highest <= 4300
+  assert losses.stoi_segment_frames(CONFIG) == 24  # 384 ms at a 16 ms hop
+
+
+def test_envelope_decorrelation_is_zero_for_the_clean_signal_at_any_level(speech_clip):
+  values = [_envelope_decorrelation(speech_clip, g * speech_clip)[0] for g in (0.1, 1.0, 3.0)]
+  np.testing.assert_allclose(values, 0.0, atol=1e-4)
+
+
+def test_envelope_decorrelation_ranks_noisy_speech_as_stoi_does(speech_clip, noise_clip):
+  from tf_tinyse import metrics  # pylint: disable=g-import-not-at-top
+  estimates = [speech_clip + g * noise_clip for g in (0.1, 0.3, 1.0, 3.0)]
+  ours = _envelope_decorrelation(np.stack([speech_clip] * 4), np.stack(estimates))
+  stoi = np.array([metrics.stoi(speech_clip, e) for e in estimates])
+  assert np.all(np.diff(ours) > 0) and np.all(np.diff(stoi) < 0)
+  # Close to 1 - STOI, which is computed on another STFT (10 kHz, 256-sample frames).
+  np.testing.assert_allclose(ours, 1.0 - stoi, atol=0.1)
+
+
+def test_envelope_decorrelation_penalises_a_lost_band_that_si_sdr_hardly_sees(speech_clip):
+  """Removing speech above 2 kHz costs little energy (SI-SDR) but much envelope (STOI)."""
+  spectrum = np.fft.rfft(speech_clip)
+  hz = np.fft.rfftfreq(len(speech_clip), 1.0 / CONFIG.sample_rate)
+  lowpassed = np.fft.irfft(np.where(hz < 2000, spectrum, 0), n=len(speech_clip))
+  lost = _envelope_decorrelation(speech_clip, lowpassed)[0]
+  assert lost > 0.1
+  si_sdr = -float(losses.negative_si_sdr(tf.constant(speech_clip[None].astype(np.float32)),
+                                          tf.constant(lowpassed[None].astype(np.float32)))[0])
+  assert si_sdr > 10.0
+
+
+def test_envelope_decorrelation_has_finite_gradients_also_on_silence(speech_clip):
+  clean = np.stack([speech_clip, np.zeros_like(speech_clip)]).astype(np.float32)
+  estimate = tf.Variable(clean + 0.01)
+  with tf.GradientTape() as tape:
+    loss = losses.envelope_decorrelation(features.stft(tf.constant(clean), CONFIG),
+                                         features.stft(estimate, CONFIG), CONFIG)
+  assert np.isfinite(loss.numpy()).all()
+  gradient = tape.gradient(loss, estimate).numpy()
+  assert np.isfinite(gradient).all() and np.abs(gradient[0]).max() > 0
+
+
+def test_envelope_decorrelation_refuses_spectra_shorter_than_a_segment(speech_clip):
+  with pytest.raises(ValueError, match="384 ms"):
+    _envelope_decorrelation(speech_clip[:4000], speech_clip[:4000])
+
+
+def test_loss_config_sums_the_weighted_terms(speech_clip, noise_clip):
+  clean = tf.constant(np.stack([speech_clip, speech_clip]).astype(np.float32))
+  enhanced = tf.constant(np.stack([speech_clip + 0.2 * noise_clip,
+                                   speech_clip + noise_clip]).astype(np.float32))
+  clean_spectra, enhanced_spectra = features.stft(clean, CONFIG), features.stft(enhanced, CONFIG)
+  config = losses.LossConfig(complex_weight=0.5, si_sdr_weight=0.02, stoi_weight=2.0)
+  want = (losses.per_example_loss(clean_spectra, enhanced_spectra, complex_weight=0.5) +
+          0.02 * losses.negative_si_sdr(clean, enhanced) +
+          2.0 * losses.envelope_decorrelation(clean_spectra, enhanced_spectra, CONFIG))
+  np.testing.assert_allclose(config.per_example(clean, enhanced, CONFIG), want, rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.LossConfig().per_example(clean, enhanced, CONFIG),
+      losses.per_example_loss(clean_spectra, enhanced_spectra), rtol=1e-6)

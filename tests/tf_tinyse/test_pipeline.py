@@ -71,3 +71,11 @@ def test_raising_steps_restarts_the_quantization_aware_training_from_the_new_flo
   # Run once more unchanged: nothing is redone.
   assert same["qat"]["restarted"] is None and same["qat"]["resumed_from_step"] == 2
   assert same["qat"]["init_from"] == raised["float_now"]
+
+
+def test_a_stages_cpu_time_counts_the_child_processes_it_waited_for():
+  from tf_tinyse import pipeline  # pylint: disable=g-import-not-at-top
+  before = pipeline._cpu_seconds()  # pylint: disable=protected-access
+  subprocess.run([sys.executable, "-c", "import time\nstart = time.process_time()\n"
+                  "while time.process_time() - start < 0.5: pass"], check=True, env=ENV)
+  assert pipeline._cpu_seconds() - before >= 0.5  # pylint: disable=protected-access

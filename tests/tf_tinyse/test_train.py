@@ -601,20 +601,38 @@ def test_validation_floors_a_silent_output_instead_of_averaging_minus_150_db(
       scores["si_sdr"] - metrics.si_sdr(speech_clip, noisy))
 
 
-def test_trainer_adds_the_weighted_si_sdr_term(speech_clip, noise_clip):
+def test_trainer_adds_the_weighted_si_sdr_and_stoi_terms(speech_clip, noise_clip):
   n = 16000
   clean = np.stack([speech_clip[:n], speech_clip[n:2 * n]]).astype(np.float32)
   noisy = (clean + 0.5 * np.stack([noise_clip[:n], noise_clip[n:2 * n]])).astype(np.float32)
   spectral = train.Trainer(TINY, tf.distribute.get_strategy(), global_batch_size=2)
   weighted = train.Trainer(TINY, tf.distribute.get_strategy(), global_batch_size=2,
-                           si_sdr_loss_weight=0.01)
+                           loss=losses.LossConfig(si_sdr_weight=0.01, stoi_weight=0.5))
   weighted.model.set_weights(spectral.model.get_weights())
   enhanced, _ = train.enhancer.enhance_batch(spectral.model, tf.constant(noisy), TINY.feature,
                                              training=True)
-  term = losses.negative_si_sdr(tf.constant(clean), enhanced).numpy()
+  si_sdr_term = losses.negative_si_sdr(tf.constant(clean), enhanced).numpy()
+  stoi_term = losses.envelope_decorrelation(
+      features.stft(tf.constant(clean), TINY.feature),
+      features.stft(enhanced, TINY.feature), TINY.feature).numpy()
+  assert np.all(stoi_term > 0.01)
   got = (weighted.per_example_loss(tf.constant(noisy), tf.constant(clean)) -
          spectral.per_example_loss(tf.constant(noisy), tf.constant(clean))).numpy()
-  np.testing.assert_allclose(got, 0.01 * term, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(got, 0.01 * si_sdr_term + 0.5 * stoi_term, rtol=1e-4, atol=1e-6)
+
+
+def test_trainer_weighs_the_complex_part_of_the_spectral_loss(speech_clip, noise_clip):
+  n = 16000
+  clean = speech_clip[None, :n].astype(np.float32)
+  noisy = (clean + 0.5 * noise_clip[None, :n]).astype(np.float32)
+  trainers = [train.Trainer(TINY, tf.distribute.get_strategy(), global_batch_size=1,
+                            loss=losses.LossConfig(complex_weight=w)) for w in (0.0, 1.0, 0.5)]
+  for trainer in trainers[1:]:
+    trainer.model.set_weights(trainers[0].model.get_weights())
+  magnitude, complex_, half = [float(t.per_example_loss(tf.constant(noisy), tf.constant(clean))[0])
+                               for t in trainers]
+  assert complex_ > magnitude
+  assert half == pytest.approx(0.5 * (magnitude + complex_), rel=1e-5)
 
 
 def test_the_training_loss_ignores_the_mask_floor_and_validation_applies_it(speech_clip,
@@ -634,3 +652,12 @@ def test_the_training_loss_ignores_the_mask_floor_and_validation_applies_it(spee
   plain_out = train.enhancer.Enhancer(plain.model, TINY)(noisy[0])
   floored_out = train.enhancer.Enhancer(floored.model, floored_config)(noisy[0])
   assert np.abs(floored_out - plain_out).max() > 1e-3
+
+
+def test_stoi_loss_with_segments_shorter_than_its_envelope_segment_is_refused(tmp_path):
+  corpus = data.discover_corpus(demo_data.path())
+  with pytest.raises(UserError, match="--stoi_loss_weight compares 384 ms"):
+    train.train(TINY, dataclasses.replace(TINY_DATA, segment_seconds=0.3), corpus,
+                str(tmp_path / "model"), 2, progress=False,
+                loss=losses.LossConfig(stoi_weight=1.0))
+  assert not (tmp_path / "model").exists()
