@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_tinyse import features
+from tf_tinyse.errors import UserError
 
 flags.DEFINE_float("complex_loss_weight", 0.9, "Weight alpha of the complex (phase-sensitive) "
                    "part of the spectral loss, 1 - alpha on the magnitudes; 0.9 is the paper's.",
@@ -56,6 +57,15 @@ class LossConfig:
     return cls(complex_weight=flag_values.complex_loss_weight,
                si_sdr_weight=flag_values.si_sdr_loss_weight,
                stoi_weight=flag_values.stoi_loss_weight)
+
+  def check_segment_seconds(self, segment_seconds, feature_config):
+    """Raises a UserError when training segments are too short for the STOI-like term."""
+    frames = features.num_frames(int(round(segment_seconds * feature_config.sample_rate)),
+                                 feature_config)
+    if self.stoi_weight and frames < stoi_segment_frames(feature_config):
+      raise UserError(f"--stoi_loss_weight compares {STOI_SEGMENT_SECONDS * 1000:.0f} ms "
+                      f"envelope segments; --segment_seconds={segment_seconds} is shorter: "
+                      "raise it or set --stoi_loss_weight=0")
 
   def per_example(self, clean_waves, enhanced_waves, feature_config):
     """The loss of each example ([batch, samples] waveforms each; returns [batch])."""

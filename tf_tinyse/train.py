@@ -434,12 +434,7 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
   if if_init_changed not in (INIT_CHANGED_ERROR, INIT_CHANGED_RESTART):
     raise ValueError(f"if_init_changed must be {INIT_CHANGED_ERROR!r} or "
                      f"{INIT_CHANGED_RESTART!r}, got {if_init_changed!r}")
-  segment_frames = features.num_frames(
-      int(round(data_config.segment_seconds * config.feature.sample_rate)), config.feature)
-  if loss.stoi_weight and segment_frames < losses.stoi_segment_frames(config.feature):
-    raise UserError(f"--stoi_loss_weight compares {losses.STOI_SEGMENT_SECONDS * 1000:.0f} ms "
-                    f"envelope segments; --segment_seconds={data_config.segment_seconds} is "
-                    "shorter: raise it or set --stoi_loss_weight=0")
+  loss.check_segment_seconds(data_config.segment_seconds, config.feature)
   strategy = strategy or tf.distribute.get_strategy()
   role = worker_role or WorkerRole.from_strategy(strategy)
   model_dir = os.fspath(model_dir)
