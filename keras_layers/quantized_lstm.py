@@ -6,7 +6,7 @@ recurrent, per gate i, f, c, o); it computes gates and the cell state in int16 (
 grids, see `quantizers`) and emits h in int8, and that same int8 h is fed back as the
 recurrent state. The cell here mirrors that:
 
-    x (optional input quantizer) -> z = x @ Q_k(K) + h_prev @ Q_r(R) + b
+    x (optional input quantizer) -> z = sat(sat(x @ Q_k(K) + b) + sat(h_prev @ Q_r(R)))
     i, f, o = sigmoid, g = tanh, c = clip(f * c_prev + i * g, ±cell_clip)
     (optional cell quantizer), h = output_quantizer(o * tanh(c))  # output AND next state
 
@@ -15,6 +15,16 @@ it makes from a tf_keras LSTM (TF 2.21, read back from the flatbuffer), and TFLi
 clip c to it at every step, in float and in int8. A tf_keras LSTM does not clip, so a model
 whose cells integrate past 10 (seen: |c| up to 519) runs another recurrence once deployed;
 training with the same clip makes the QAT model the one that runs.
+
+`sat` is the int16 gate grid of the same op: TFLM's int8 LSTM kernel computes each gate's
+pre-activation in int16 at the fixed scale 2^-12 (Q3.12, [-8, 8)) as two fully-connected
+products - input (with the gate bias) and recurrent - each saturated to that range, then added
+with saturation. A float sum does not saturate: a 256-unit layer whose input product reached
+±38 while the recurrent product pulled the sum back inside ±6 (0.5 % of its gate values on
+test speech) ran another recurrence in TFLM, and the int8 mask drifted from the QAT mask by
+p99 12 LSB, max 61 (measured, paper-size model; `tf_tinyse.export` validates every export
+against the QAT model). TFLite's own interpreter differs here: it adds the recurrent product
+to the saturated input product unsaturated (one saturation less); the grid above is TFLM's.
 
 Weights have the layout and names of a tf_keras LSTM (`kernel` [in, 4u],
 `recurrent_kernel` [u, 4u], `bias` [4u], gate order i, f, c, o), so an export model's
@@ -36,6 +46,9 @@ from keras_layers import quantizers
 # What the TFLite converter writes into a fused LSTM converted from a tf_keras LSTM
 # (UnidirectionalSequenceLSTMOptions.cellClip); `tflm_export.convert` checks every export.
 CONVERTER_CELL_CLIP = 10.0
+# The saturating range of the int8 fused LSTM's int16 gate pre-activations in TFLM (Q3.12:
+# scale 2^-12, codes -32768..32767), fixed in the kernel whatever the calibration saw.
+INT16_GATE_RANGE = (-32768 / 4096, 32767 / 4096)
 
 
 def _default_gate_quantizer():
@@ -46,6 +59,10 @@ def _default_gate_quantizer():
 def _default_output_quantizer():
   # h = o * tanh(c) lies in (-1, 1): the paper's fixed [-1, 1] range at 8 bits.
   return quantizers.FixedRangeQuantizer(8, -1.0, 1.0)
+
+
+def _saturate(z):
+  return tf.clip_by_value(z, *INT16_GATE_RANGE)
 
 
 def _quantizer_arg(value, default_factory):
@@ -64,13 +81,17 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
 
   cell_clip: |c| is clipped to this after each update, as the deployed op does
   (`CONVERTER_CELL_CLIP`); None or 0 for no clip (not what TFLite runs).
+  saturate_gates: the input and recurrent products and their sum saturate to
+  `INT16_GATE_RANGE`, as the deployed op's int16 gate arithmetic does; False: float sums
+  (not what TFLite runs).
   """
 
   def __init__(self, units, kernel_quantizer="default", recurrent_quantizer="default",
                output_quantizer="default", cell_quantizer=None, cell_clip=CONVERTER_CELL_CLIP,
-               **kwargs):
+               saturate_gates=True, **kwargs):
     super().__init__(units, **kwargs)
     self.cell_clip = float(cell_clip) if cell_clip else None
+    self.saturate_gates = bool(saturate_gates)
     self.kernel_quantizer = _quantizer_arg(kernel_quantizer, _default_gate_quantizer)
     self.recurrent_quantizer = _quantizer_arg(recurrent_quantizer, _default_gate_quantizer)
     self.output_quantizer = _quantizer_arg(output_quantizer, _default_output_quantizer)
@@ -107,9 +128,14 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
     h_prev, c_prev = states[0], states[1]
     kernel, recurrent_kernel, bias = (self._weights_for_call or
                                       (*self.quantized_weights(), self.forward_bias()))
-    z = tf.matmul(inputs, kernel) + tf.matmul(h_prev, recurrent_kernel)
-    if bias is not None:
-      z = tf.nn.bias_add(z, bias)
+    z_input = tf.matmul(inputs, kernel)
+    if bias is not None:  # The kernels add the gate bias in the input product.
+      z_input = tf.nn.bias_add(z_input, bias)
+    z_recurrent = tf.matmul(h_prev, recurrent_kernel)
+    if self.saturate_gates:
+      z = _saturate(_saturate(z_input) + _saturate(z_recurrent))
+    else:
+      z = z_input + z_recurrent
     z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
     i = self.recurrent_activation(z_i)
     f = self.recurrent_activation(z_f)
@@ -134,6 +160,7 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
         "output_quantizer": quantizers.serialize(self.output_quantizer),
         "cell_quantizer": quantizers.serialize(self.cell_quantizer),
         "cell_clip": self.cell_clip,
+        "saturate_gates": self.saturate_gates,
     })
     return config
 
@@ -147,8 +174,8 @@ class QuantizedLSTM(keras.layers.RNN):
     return_sequences, return_state, stateful: as tf_keras LSTM. The streaming form is
       `stateful=True` with a fixed batch input shape (1, 1, features); `reset_states()`
       zeroes h and c.
-    kernel_quantizer, recurrent_quantizer, output_quantizer, cell_quantizer, cell_clip: see
-      QuantizedLSTMCell.
+    kernel_quantizer, recurrent_quantizer, output_quantizer, cell_quantizer, cell_clip,
+      saturate_gates: see QuantizedLSTMCell.
     input_quantizer: applied to the whole input sequence (e.g. the first LSTM's
       `FixedRangeQuantizer(8, -1, 1)` after QEQ); None when the input is already on a grid.
     activation, recurrent_activation, use_bias, initializers, regularizers,
@@ -160,7 +187,8 @@ class QuantizedLSTM(keras.layers.RNN):
   def __init__(self, units, return_sequences=True, return_state=False, stateful=False,
                kernel_quantizer="default", recurrent_quantizer="default",
                output_quantizer="default", cell_quantizer=None, input_quantizer=None,
-               cell_clip=CONVERTER_CELL_CLIP, activation="tanh", recurrent_activation="sigmoid",
+               cell_clip=CONVERTER_CELL_CLIP, saturate_gates=True, activation="tanh",
+               recurrent_activation="sigmoid",
                use_bias=True,
                kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                bias_initializer="zeros", unit_forget_bias=True, kernel_regularizer=None,
@@ -170,7 +198,7 @@ class QuantizedLSTM(keras.layers.RNN):
     cell = self.cell_class(
         units, **(cell_options or {}), kernel_quantizer=kernel_quantizer, recurrent_quantizer=recurrent_quantizer,
         output_quantizer=output_quantizer, cell_quantizer=cell_quantizer, cell_clip=cell_clip,
-        activation=activation, recurrent_activation=recurrent_activation, use_bias=use_bias,
+        saturate_gates=saturate_gates, activation=activation, recurrent_activation=recurrent_activation, use_bias=use_bias,
         kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
         bias_initializer=bias_initializer, unit_forget_bias=unit_forget_bias,
         kernel_regularizer=kernel_regularizer, recurrent_regularizer=recurrent_regularizer,

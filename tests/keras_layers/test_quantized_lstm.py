@@ -6,10 +6,12 @@ import tf_keras as keras
 from keras_layers import QEQ
 from keras_layers import quantizers as Q
 from keras_layers.quantized_dense import QuantizedDense
-from keras_layers.quantized_lstm import CONVERTER_CELL_CLIP, QuantizedLSTM, QuantizedLSTMCell
+from keras_layers.quantized_lstm import CONVERTER_CELL_CLIP, INT16_GATE_RANGE
+from keras_layers.quantized_lstm import QuantizedLSTM, QuantizedLSTMCell
 from tests.keras_layers.test_quantized_dense import convert_int8, convert_int8_bytes
 from tests.keras_layers.test_quantized_dense import op_input, run_int8
 from tflm_export import tflite_graph
+from tflite_micro.python.tflite_micro import runtime
 
 FEATURES, UNITS, TIME = 16, 16, 24
 
@@ -196,6 +198,62 @@ def test_cell_clip_is_the_converters_and_the_int8_model_runs_it():
   assert np.abs(h_unclipped - y_int8[:, 0]).max() / out_scale > 100
 
 
+def _cancelling_lstm(saturate_gates, units=4, features=2):
+  """One LSTM whose output gate sums a large input product and a large recurrent one of the
+  other sign: z_o = 14 x0 - 3 (h_1 + ... + h_4). i ≈ 1, f ≈ 0, g = tanh(2 x0), so for x0 = 1
+  c = 0.96 and h = o * 0.75 every frame. In float z_o settles at 14 - 12 h ≈ 5 (o ≈ 0.99, h
+  steady at 0.74); with the int16 gate grid the input product saturates at 8 first, so z_o
+  = 8 - 12 h swings sign with h and h alternates between about 0.2 and 0.74."""
+  inputs = keras.Input((None, features), batch_size=1)
+  layer = QuantizedLSTM(units, input_quantizer=Q.FixedRangeQuantizer(),
+                        saturate_gates=saturate_gates)
+  model = keras.Model(inputs, layer(inputs))
+  kernel = np.full((features, 4 * units), 0.01, np.float32)  # no all-zero gate matrix
+  kernel[0, 2 * units:3 * units] = 2.0
+  kernel[0, 3 * units:] = 14.0
+  recurrent = np.full((units, 4 * units), 0.01, np.float32)
+  recurrent[:, 3 * units:] = -3.0
+  bias = np.zeros(4 * units, np.float32)
+  bias[:units], bias[units:2 * units] = 8.0, -8.0  # i ≈ 1, f ≈ 0
+  layer.set_weights([kernel, recurrent, bias])
+  return model
+
+
+def _run_tflm(tflite_bytes, x):
+  """TFLite Micro's int8 kernels (the deployment target) on one sequence: (dequantized out,
+  x on the input grid, output scale)."""
+  interpreter = runtime.Interpreter.from_bytes(tflite_bytes)
+  inp, out = interpreter.get_input_details(0), interpreter.get_output_details(0)
+  (in_scale,), (in_zero,) = (inp["quantization_parameters"][k] for k in ("scales", "zero_points"))
+  (out_scale,), (out_zero,) = (out["quantization_parameters"][k]
+                               for k in ("scales", "zero_points"))
+  x_int = np.clip(np.round(x / in_scale) + in_zero, -128, 127).astype(np.int8)
+  interpreter.set_input(x_int[None], 0)
+  interpreter.invoke()
+  y = (interpreter.get_output(0)[0].astype(np.float32) - out_zero) * out_scale
+  return y, (x_int.astype(np.float32) - in_zero) * in_scale, out_scale
+
+
+def test_gate_saturation_is_tflms():
+  low, high = INT16_GATE_RANGE
+  assert (low, high) == (-8.0, 8.0 - 2.0 ** -12)  # Q3.12 in int16
+  x = np.zeros((24, 2), np.float32)
+  x[:, 0] = 1.0
+  saturating, summing = _cancelling_lstm(True), _cancelling_lstm(False)
+  inputs = keras.Input((24, 2), batch_size=1)
+  plain = keras.Model(inputs, keras.layers.LSTM(4, return_sequences=True)(inputs))
+  plain.set_weights(saturating.get_weights())
+  y_int8, x_grid, out_scale = _run_tflm(convert_int8_bytes(plain, [x, -x, 0 * x]), x)
+  h_saturating, h_summing = (m(x_grid[None]).numpy()[0, :, 0] for m in (saturating, summing))
+  # The float sum settles; the saturating layer and the int8 model alternate, in step.
+  # (TFLite's own interpreter saturates only the input product and the sum, not the recurrent
+  # product: its low value is 0.21 where TFLM's is 0.375. Measured, TF 2.21.)
+  assert np.ptp(h_summing[4:]) < 0.02, h_summing
+  assert np.ptp(h_saturating[4:]) > 0.3, h_saturating
+  assert np.abs(h_saturating - y_int8[:, 0]).max() / out_scale <= 3
+  assert np.abs(h_summing - y_int8[:, 0]).max() / out_scale > 30
+
+
 def test_straight_through_gradients_reach_weights_and_inputs():
   layer = QuantizedLSTM(UNITS, input_quantizer=Q.FixedRangeQuantizer())
   x = tf.constant(_features(10, seed=1)[None])
@@ -210,11 +268,11 @@ def test_straight_through_gradients_reach_weights_and_inputs():
 def test_config_round_trip_and_plain_lstm_takes_weights():
   layer = QuantizedLSTM(UNITS, stateful=False, input_quantizer=Q.FixedRangeQuantizer(),
                         cell_quantizer=Q.FixedRangeQuantizer(16, -4.0, 4.0 - 2.0 ** -13),
-                        cell_clip=3.0)
+                        cell_clip=3.0, saturate_gates=False)
   layer.build((None, None, FEATURES))
   _lstm_weights(layer)
   config = layer.get_config()
-  assert config["cell_clip"] == 3.0
+  assert config["cell_clip"] == 3.0 and config["saturate_gates"] is False
   clone = QuantizedLSTM.from_config(config)
   assert clone.get_config() == config
   clone.build((None, None, FEATURES))

@@ -154,6 +154,10 @@ def test_the_export_model_of_a_unit_pruned_model_is_smaller_and_computes_the_sam
     _set_threshold(model.get_layer(name), tau)
   model.reset_states()
   export = export_model.build_export_model(model, config)
+  # The export's plain LSTMs sum their gates in float (the int16 gate grid is TFLM's, applied
+  # when it runs them): compare the same arithmetic, so that only the removal of units differs.
+  for name in ("lstm_0", "lstm_1"):
+    model.get_layer(name).cell.saturate_gates = False
   kept = {name: int(np.sum(np.asarray(model.get_layer(name).unit_mask())))
           for name in ("lstm_0", "lstm_1", "dense_0")}
   assert export.get_layer("lstm_0").units == kept["lstm_0"] < 16
