@@ -82,8 +82,8 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
   cell_clip: |c| is clipped to this after each update, as the deployed op does
   (`CONVERTER_CELL_CLIP`); None or 0 for no clip (not what TFLite runs).
   saturate_gates: the input and recurrent products and their sum saturate to
-  `INT16_GATE_RANGE`, as the deployed op's int16 gate arithmetic does; False: float sums
-  (not what TFLite runs).
+  `INT16_GATE_RANGE`, as the deployed op's int16 gate arithmetic in TFLM does; False: float
+  sums (not what TFLM runs).
   """
 
   def __init__(self, units, kernel_quantizer="default", recurrent_quantizer="default",
@@ -129,7 +129,7 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
     kernel, recurrent_kernel, bias = (self._weights_for_call or
                                       (*self.quantized_weights(), self.forward_bias()))
     z_input = tf.matmul(inputs, kernel)
-    if bias is not None:  # The kernels add the gate bias in the input product.
+    if bias is not None:  # TFLM adds the gate bias in the input product.
       z_input = tf.nn.bias_add(z_input, bias)
     z_recurrent = tf.matmul(h_prev, recurrent_kernel)
     if self.saturate_gates:
