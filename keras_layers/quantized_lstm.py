@@ -198,7 +198,8 @@ class QuantizedLSTM(keras.layers.RNN):
     cell = self.cell_class(
         units, **(cell_options or {}), kernel_quantizer=kernel_quantizer, recurrent_quantizer=recurrent_quantizer,
         output_quantizer=output_quantizer, cell_quantizer=cell_quantizer, cell_clip=cell_clip,
-        saturate_gates=saturate_gates, activation=activation, recurrent_activation=recurrent_activation, use_bias=use_bias,
+        saturate_gates=saturate_gates, activation=activation,
+        recurrent_activation=recurrent_activation, use_bias=use_bias,
         kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
         bias_initializer=bias_initializer, unit_forget_bias=unit_forget_bias,
         kernel_regularizer=kernel_regularizer, recurrent_regularizer=recurrent_regularizer,

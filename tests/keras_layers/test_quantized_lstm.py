@@ -11,6 +11,7 @@ from keras_layers.quantized_lstm import QuantizedLSTM, QuantizedLSTMCell
 from tests.keras_layers.test_quantized_dense import convert_int8, convert_int8_bytes
 from tests.keras_layers.test_quantized_dense import op_input, run_int8
 from tflm_export import tflite_graph
+from tflm_export import tflm_runner
 from tflite_micro.python.tflite_micro import runtime
 
 FEATURES, UNITS, TIME = 16, 16, 24
@@ -227,11 +228,11 @@ def _run_tflm(tflite_bytes, x):
   (in_scale,), (in_zero,) = (inp["quantization_parameters"][k] for k in ("scales", "zero_points"))
   (out_scale,), (out_zero,) = (out["quantization_parameters"][k]
                                for k in ("scales", "zero_points"))
-  x_int = np.clip(np.round(x / in_scale) + in_zero, -128, 127).astype(np.int8)
+  x_int = tflm_runner.quantize(x, in_scale, in_zero, np.int8)
   interpreter.set_input(x_int[None], 0)
   interpreter.invoke()
-  y = (interpreter.get_output(0)[0].astype(np.float32) - out_zero) * out_scale
-  return y, (x_int.astype(np.float32) - in_zero) * in_scale, out_scale
+  y = tflm_runner.dequantize(interpreter.get_output(0)[0], out_scale, out_zero)
+  return y, tflm_runner.dequantize(x_int, in_scale, in_zero), out_scale
 
 
 def test_gate_saturation_is_tflms():
