@@ -49,6 +49,7 @@ from tf_tinyse import losses
 from tf_tinyse import metrics
 from tf_tinyse import model as model_lib
 from tf_tinyse import sparsity
+from tf_tinyse import weight_average as weight_average_lib
 from tf_tinyse.errors import UserError
 
 flags.DEFINE_integer("steps", 2000, "Total training steps (a resumed run stops at the same total).")
@@ -159,7 +160,7 @@ class Trainer:
 
   def __init__(self, config, strategy, learning_rate=1e-3, clip_norm=3.0, global_batch_size=32,
                decay_steps=None, final_learning_rate_fraction=1.0, sparsity_schedule=None,
-               loss=losses.LossConfig()):
+               loss=losses.LossConfig(), weight_average_decay=0.0):
     self.config = config
     # The mask floor is for deployment only: trained under it the network learns to lower
     # its mask by as much (measured, demo.cfg at 4,000 steps, validation: trained with a
@@ -195,6 +196,18 @@ class Trainer:
           name="sparsity_multiplier", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       # Creating the slots now lets a checkpoint restore them before the first step.
       self.optimizer.build(self.model.trainable_variables)
+      # A pruned model keeps its raw weights: its masks follow them (weight_average module).
+      self.weight_average = None
+      if weight_average_decay > 0 and config.sparsity_structure is None:
+        self.weight_average = weight_average_lib.WeightAverage(
+            self.model.trainable_variables, weight_average_decay)
+
+  def averaged_weights(self):
+    """A context in which the model holds the averaged weights (the raw ones without an
+    average)."""
+    if self.weight_average is None:
+      return contextlib.nullcontext()
+    return self.weight_average.swapped_in()
 
   def final_model(self):
     """The model as validated, measured and saved: for tfmot the stripped model (a plain
@@ -237,6 +250,8 @@ class Trainer:
       from tf_tinyse import tfmot_pruning  # pylint: disable=g-import-not-at-top
       tfmot_pruning.set_step(self.train_model, self.step)
     per_replica = self.strategy.run(self._replica_step, args=(noisy, clean))
+    if self.weight_average is not None:
+      self.weight_average.update()
     self.step.assign_add(1)
     return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
@@ -409,7 +424,8 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
           clip_norm=3.0, checkpoint_every=200, validate_every=500, max_validation_files=16,
           log_every=50, strategy=None, progress=True, init_from=None,
           final_learning_rate_fraction=0.1, validation_mixtures=1, sparsity_schedule=None,
-          if_init_changed=INIT_CHANGED_ERROR, worker_role=None, loss=losses.LossConfig()):
+          if_init_changed=INIT_CHANGED_ERROR, worker_role=None, loss=losses.LossConfig(),
+          weight_average_decay=0.0):
   """Trains (or resumes) up to `steps` total steps. Returns a summary dict.
 
   `sparsity_schedule` (`sparsity.Schedule`): the target sparsity over the steps for a pruned
@@ -422,6 +438,10 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
   model_dir aside to `<model_dir>.stale` and trains from the start (see `_check_init_from`).
 
   `loss` (`losses.LossConfig`): the weights of the loss terms.
+
+  `weight_average_decay` > 0: validation, best/ and what follows use an exponential moving
+  average of the weights (`weight_average`; dense models only). Validation then also scores
+  the raw weights ('raw_si_sdr_improvement' in the scores, TensorBoard 'valid_raw/').
 
   `worker_role` (`WorkerRole`, default: from the strategy's cluster resolver): only the chief
   writes into model_dir; other workers read checkpoints and best/info.json from it and write
@@ -448,13 +468,15 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
                   clip_norm, checkpoint_every, validate_every, max_validation_files, log_every,
                   strategy, progress, init_from, final_learning_rate_fraction,
                   validation_mixtures, sparsity_schedule, restarted,
-                  checkpoints_shown=os.path.join(model_dir, CHECKPOINTS), loss=loss)
+                  checkpoints_shown=os.path.join(model_dir, CHECKPOINTS), loss=loss,
+                  weight_average_decay=weight_average_decay)
 
 
 def _train(config, data_config, corpus, read_dir, out_dir, steps, seed, learning_rate,
            clip_norm, checkpoint_every, validate_every, max_validation_files, log_every,
            strategy, progress, init_from, final_learning_rate_fraction, validation_mixtures,
-           sparsity_schedule, restarted, checkpoints_shown, loss=losses.LossConfig()):
+           sparsity_schedule, restarted, checkpoints_shown, loss=losses.LossConfig(),
+           weight_average_decay=0.0):
   """train() once the folders are decided: resumes from `read_dir` (None: from the start),
   writes into `out_dir`."""
   keras.utils.set_random_seed(seed)
@@ -462,17 +484,33 @@ def _train(config, data_config, corpus, read_dir, out_dir, steps, seed, learning
     sparsity_schedule = sparsity.Schedule(end_step=max(1, int(0.6 * steps)))
   trainer = Trainer(config, strategy, learning_rate, clip_norm, data_config.batch_size,
                     decay_steps=steps, final_learning_rate_fraction=final_learning_rate_fraction,
-                    sparsity_schedule=sparsity_schedule, loss=loss)
-  checkpoint = tf.train.Checkpoint(model=trainer.train_model, optimizer=trainer.optimizer,
-                                   step=trainer.step,
-                                   sparsity_multiplier=trainer.sparsity_multiplier)
+                    sparsity_schedule=sparsity_schedule, loss=loss,
+                    weight_average_decay=weight_average_decay)
+  averaging = trainer.weight_average is not None
+  if weight_average_decay > 0 and not averaging:
+    logging.info("--weight_average_decay is not applied to a pruned model: it keeps its raw "
+                 "weights")
+  tracked = dict(model=trainer.train_model, optimizer=trainer.optimizer, step=trainer.step,
+                 sparsity_multiplier=trainer.sparsity_multiplier)
+  checkpoint = tf.train.Checkpoint(
+      **tracked, **({weight_average_lib.CHECKPOINT_KEY: trainer.weight_average.checkpointed}
+                    if averaging else {}))
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(out_dir, CHECKPOINTS),
                                        max_to_keep=3)
+  # A run checkpointed without an average and resumed with one starts its average there.
+  newest = read_dir and tf.train.latest_checkpoint(os.path.join(read_dir, CHECKPOINTS))
+  average_missing = averaging and newest and not weight_average_lib.checkpoint_holds_average(
+      newest)
   # The newest checkpoint that reads: one cut short (full disk, killed copy) is skipped.
   restored = read_dir and model_lib.restore_newest_checkpoint(
-      checkpoint, os.path.join(read_dir, CHECKPOINTS))
+      tf.train.Checkpoint(**tracked) if average_missing else checkpoint,
+      os.path.join(read_dir, CHECKPOINTS))
   if restored:
     logging.info("resumed from %s at step %d", restored, int(trainer.step.numpy()))
+    if average_missing:
+      trainer.weight_average.reset()
+      logging.warning("%s holds no weight average (trained without --weight_average_decay): "
+                      "the average starts at step %d", restored, int(trainer.step.numpy()))
   model_lib.save_config(out_dir, config)
   start_step = int(trainer.step.numpy())
   summary = {"step": start_step, "resumed_from": start_step,
@@ -517,6 +555,8 @@ def _train(config, data_config, corpus, read_dir, out_dir, steps, seed, learning
     if config.quantize:
       logging.info("QEQ scaled into the quantization range by 1/%.2f",
                    fit_qeq_into_quantization_range(trainer.model, config, calibration))
+  if start_step == 0 and averaging:
+    trainer.weight_average.reset()  # from the weights as initialized above
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
   writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs"))
@@ -553,29 +593,37 @@ def _train(config, data_config, corpus, read_dir, out_dir, steps, seed, learning
           manager.save(checkpoint_number=step)
         if step % validate_every == 0 or step == steps:
           final = trainer.final_model()  # tfmot: the stripped model
-          scores = validate(final, config, validation)
-          for key, value in scores.items():
-            tf.summary.scalar(f"valid/{key}", value, step=step)
-          logging.info("step %d: validation %s", step, scores)
-          # A pruned model is only "best" at its final target: earlier, denser checkpoints
-          # would always win.
-          at_target = (sparsity_schedule is None or config.pruning == sparsity.OFFLINE or
-                       _at_target(final, sparsity_schedule, step))
-          if at_target and (best is None or not best.get("at_target", True) or
-                            scores["si_sdr"] > best["si_sdr"]):
-            best = dict(scores, step=step, at_target=True, validation_data=validation_data)
-            _save_best(final, out_dir, best)
-            if config.sparsity_structure is not None:
-              sparsity.write_report(out_dir, final, config, sparsity_schedule, step)
-          elif step == steps and best is None:
-            # Never at the target: keep the final model, marked as such.
-            best = dict(scores, step=step, at_target=False, validation_data=validation_data)
-            _save_best(final, out_dir, best)
-            report = sparsity.write_report(out_dir, final, config, sparsity_schedule,
-                                           step)
-            logging.warning("the model ended at sparsity %.3f, not the target %.3f: raise "
-                            "--steps or --sparsity_loss_weight", report["pruned"],
-                            sparsity_schedule.target)
+          # With an average: the raw weights' score beside it, for comparison only.
+          raw_scores = validate(final, config, validation) if averaging else None
+          with trainer.averaged_weights():
+            scores = validate(final, config, validation)
+            if raw_scores is not None:
+              scores["raw_si_sdr_improvement"] = raw_scores["si_sdr_improvement"]
+              tf.summary.scalar("valid_raw/si_sdr", raw_scores["si_sdr"], step=step)
+            for key, value in scores.items():
+              tf.summary.scalar(f"valid/{key}", value, step=step)
+            logging.info("step %d: validation %s%s", step, scores,
+                         " (weight average)" if averaging else "")
+            # A pruned model is only "best" at its final target: earlier, denser checkpoints
+            # would always win.
+            at_target = (sparsity_schedule is None or config.pruning == sparsity.OFFLINE or
+                         _at_target(final, sparsity_schedule, step))
+            if at_target and (best is None or not best.get("at_target", True) or
+                              scores["si_sdr"] > best["si_sdr"]):
+              best = dict(scores, step=step, at_target=True, validation_data=validation_data,
+                          weight_average_decay=weight_average_decay if averaging else 0.0)
+              _save_best(final, out_dir, best)
+              if config.sparsity_structure is not None:
+                sparsity.write_report(out_dir, final, config, sparsity_schedule, step)
+            elif step == steps and best is None:
+              # Never at the target: keep the final model, marked as such.
+              best = dict(scores, step=step, at_target=False, validation_data=validation_data)
+              _save_best(final, out_dir, best)
+              report = sparsity.write_report(out_dir, final, config, sparsity_schedule,
+                                             step)
+              logging.warning("the model ended at sparsity %.3f, not the target %.3f: raise "
+                              "--steps or --sparsity_loss_weight", report["pruned"],
+                              sparsity_schedule.target)
   except KeyboardInterrupt:
     step = int(trainer.step.numpy())
     manager.save(checkpoint_number=step)
@@ -644,7 +692,8 @@ def main(argv):
                  strategy=strategy, init_from=FLAGS.init_from,
                  final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
                  validation_mixtures=FLAGS.validation_mixtures, sparsity_schedule=schedule,
-                 loss=losses.LossConfig.from_flags())
+                 loss=losses.LossConfig.from_flags(),
+                 weight_average_decay=FLAGS.weight_average_decay)
   best = result["best"] or {}
   print(f"trained to step {result['step']} (started at {result['resumed_from']}); "
         f"best validation SI-SDR {best.get('si_sdr', float('nan')):.2f} dB at step "
