@@ -88,6 +88,14 @@ class WeightAverage:
 
 
 def checkpoint_holds_average(checkpoint_path):
-  """Whether the checkpoint at `checkpoint_path` saved a WeightAverage's `checkpointed`."""
+  """Whether the checkpoint at `checkpoint_path` saved a WeightAverage's `checkpointed`.
+
+  A checkpoint that cannot be read counts as holding one: restoring skips it anyway
+  (`model.restore_newest_checkpoint`), for one before it of the same run.
+  """
   prefix = CHECKPOINT_KEY + "/"
-  return any(name.startswith(prefix) for name, _ in tf.train.list_variables(checkpoint_path))
+  try:
+    names = [name for name, _ in tf.train.list_variables(checkpoint_path)]
+  except (tf.errors.OpError, ValueError):
+    return True
+  return any(name.startswith(prefix) for name in names)

@@ -125,3 +125,18 @@ def test_a_pruned_model_keeps_its_raw_weights():
   dense = train.Trainer(TINY, tf.distribute.get_strategy(), global_batch_size=2,
                         weight_average_decay=DECAY)
   assert dense.weight_average is not None
+
+
+def test_which_checkpoints_hold_an_average(tmp_path):
+  variable = tf.Variable([1.0, 2.0])
+  average = weight_average.WeightAverage([variable], decay=0.9)
+  with_average = tf.train.Checkpoint(
+      variable=variable, **{weight_average.CHECKPOINT_KEY: average.checkpointed}).write(
+          str(tmp_path / "with"))
+  without = tf.train.Checkpoint(variable=variable).write(str(tmp_path / "without"))
+  assert weight_average.checkpoint_holds_average(with_average)
+  assert not weight_average.checkpoint_holds_average(without)
+  # Unreadable: restoring skips it, so it does not decide whether the average starts anew.
+  with open(without + ".index", "wb") as f:
+    f.write(b"not a checkpoint index")
+  assert weight_average.checkpoint_holds_average(without)
