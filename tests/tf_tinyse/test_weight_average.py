@@ -140,3 +140,15 @@ def test_which_checkpoints_hold_an_average(tmp_path):
   with open(without + ".index", "wb") as f:
     f.write(b"not a checkpoint index")
   assert weight_average.checkpoint_holds_average(without)
+
+
+def test_training_with_a_mirrored_strategy_keeps_an_average(tmp_path):
+  # Averages are created in the strategy's scope and updated in its cross-replica context.
+  result = train.train(TINY, TINY_DATA, data.discover_corpus(demo_data.path()), str(tmp_path),
+                       4, validate_every=4, checkpoint_every=4, max_validation_files=1,
+                       progress=False, strategy=tf.distribute.MirroredStrategy(["/cpu:0"]),
+                       weight_average_decay=DECAY)
+  assert result["best"]["weight_average_decay"] == DECAY
+  _, model = model_lib.load_trained(str(tmp_path))
+  for kept, average in zip(model.trainable_variables, _averages(tmp_path)):
+    np.testing.assert_array_equal(kept.numpy(), average)
