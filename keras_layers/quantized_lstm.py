@@ -38,10 +38,13 @@ weights, so the per-gate scales are those the converter will compute from the pr
 what the export and parameter counts read, whatever extra (mask, threshold) variables a
 subclass holds.
 """
+import contextlib
+
 import tensorflow as tf
 import tf_keras as keras
 
 from keras_layers import quantizers
+from keras_layers import unrolling
 
 # What the TFLite converter writes into a fused LSTM converted from a tf_keras LSTM
 # (UnidirectionalSequenceLSTMOptions.cellClip); `tflm_export.convert` checks every export.
@@ -234,8 +237,12 @@ class QuantizedLSTM(keras.layers.RNN):
     # Quantize the weights once for the whole sequence; the cell's step reads them.
     object.__setattr__(self.cell, "_weights_for_call",
                        (*self.cell.quantized_weights(), self.cell.forward_bias()))
+    # A training batch of a fixed, short length runs the recurrence without a loop (faster on
+    # a CPU; the same arithmetic): keras_layers.unrolling.
+    unroll = unrolling.unrolls(self, inputs, training, mask, initial_state)
     try:
-      return super().call(inputs, mask=mask, training=training, initial_state=initial_state)
+      with unrolling.unrolled(self) if unroll else contextlib.nullcontext():
+        return super().call(inputs, mask=mask, training=training, initial_state=initial_state)
     finally:
       object.__setattr__(self.cell, "_weights_for_call", None)
 

@@ -2,7 +2,9 @@
 
 features Z [batch, frames, bands] → QEQ → LSTM ×N → Dense(tanh) ×K → Dense(sigmoid) → mel mask.
 
-- Training form: any batch, any number of frames, stateless (`build_mask_model`).
+- Training form: any batch, any number of frames, stateless (`build_mask_model`). Its LSTMs
+  unroll the recurrence in training batches of a short, static length (faster on a CPU, the
+  same arithmetic: `keras_layers.unrolling`); the float form's is `UnrollingLSTM`.
 - Streaming form: batch 1, one frame per call, stateful LSTMs whose state
   persists across calls until `reset_states()` (`build_mask_model(...,
   streaming=True)`); this is the form exported to TFLite Micro.
@@ -33,6 +35,7 @@ from keras_layers.sparse_dense import SparseDense
 from keras_layers.sparse_lstm import FIXED
 from keras_layers.sparse_lstm import LEARNED
 from keras_layers.sparse_lstm import SparseLSTM
+from keras_layers.unrolling import UnrollingLSTM
 from tf_tinyse import features
 from tf_tinyse import sparsity
 from tf_tinyse.errors import UserError
@@ -140,7 +143,9 @@ def _sparse_args(config, output_layer=False):
 
 def _make_lstm(config, units, streaming, name, first):
   if not config.quantize and not config.has_masks:
-    return keras.layers.LSTM(units, return_sequences=True, stateful=streaming, name=name)
+    if streaming:  # the export's form: the plain layer the TFLite converter fuses
+      return keras.layers.LSTM(units, return_sequences=True, stateful=True, name=name)
+    return UnrollingLSTM(units, return_sequences=True, name=name)
   if config.quantize:
     # The first LSTM quantizes its input (the QEQ output) to the fixed [-1, 1] range; later
     # layers receive an already-quantized hidden state.

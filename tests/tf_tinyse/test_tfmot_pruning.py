@@ -14,6 +14,7 @@ import tf_keras as keras
 from keras_layers import pruning_groups
 from keras_layers.quantized_dense import QuantizedDense
 from keras_layers.quantized_lstm import QuantizedLSTM
+from keras_layers.unrolling import UnrollingLSTM
 from tf_tinyse import data
 from tf_tinyse import demo_data
 from tf_tinyse import model as model_lib
@@ -121,7 +122,7 @@ def test_tfmot_prunes_exactly_the_blocks_of_pruning_groups(quantize):
   plain, wrapped = _prune_once(config)
   assert [type(layer.layer) for layer in tfmot_pruning.wrappers(wrapped)] == (
       [QuantizedLSTM] * 2 + [QuantizedDense] * 2 if quantize else
-      [keras.layers.LSTM] * 2 + [keras.layers.Dense] * 2)
+      [UnrollingLSTM] * 2 + [keras.layers.Dense] * 2)
   masks = tfmot_pruning.masks(wrapped)
   assert sorted(masks) == sorted(
       [f"lstm_{i}/{m}" for i in (0, 1) for m in ("kernel", "recurrent_kernel")] +
@@ -196,7 +197,7 @@ def test_a_tfmot_run_ends_at_the_target_and_best_is_the_stripped_plain_model(flo
   config, model = model_lib.load_trained(float_run)
   assert config == TINY
   assert [type(layer) for layer in model.layers[2:]] == (
-      [keras.layers.LSTM] * 2 + [keras.layers.Dense] * 2)
+      [UnrollingLSTM] * 2 + [keras.layers.Dense] * 2)
   measured = sparsity.measure(model)
   assert measured["overall"] == report["overall"]
   assert {n: l["sparsity"] for n, l in measured["layers"].items()} == {

@@ -1,0 +1,69 @@
+"""Unrolled LSTM recurrence for training batches of a fixed, short number of frames.
+
+TensorFlow runs a recurrent layer over a sequence as a `tf.while_loop`, and its gradient as a
+second loop that pops each step's saved activations. On a CPU those per-iteration costs are a
+large share of a TinyLSTM's training step: the matrices are small (batch 16, 256 units), so the
+loop machinery weighs as much as the arithmetic. A training batch has a fixed number of frames
+that is known when the train step is traced (0.8 s segments: 51 frames), and for such a batch
+the recurrence can run as straight-line code (`unroll=True`): the same cell with the same
+weights and arithmetic, without a loop. Measured on 2 CPU cores (benchmarks/train_speed.py),
+one train step of the paper model (LSTM 256x2, batch 16, 0.8 s): float 157 → 123 CPU ms, QAT
+219 → 171 CPU ms.
+
+Only training calls unroll, and only when the frame count is static and at most
+`MAX_UNROLLED_FRAMES`: the graph (and the time to trace it) grows with the frame count, and
+validation, enhancement, streaming and export see sequences of any length, for which the loop
+stays. Training segments of more than 2 s keep the loop.
+"""
+import contextlib
+
+import tf_keras as keras
+
+# 128 frames of the 16 ms hop: segments up to about 2 s. Tracing the train step takes a few
+# seconds at 51 frames and grows in proportion.
+MAX_UNROLLED_FRAMES = 128
+
+
+def unrolls(layer, inputs, training, mask=None, initial_state=None):
+  """Whether `layer` (a tf_keras RNN) runs this call unrolled: a training call on a static
+  number of frames of at most MAX_UNROLLED_FRAMES, stateless, without a mask or initial state."""
+  frames = inputs.shape[0 if layer.time_major else 1]
+  return (training is True and frames is not None and frames <= MAX_UNROLLED_FRAMES and
+          not layer.stateful and mask is None and initial_state is None)
+
+
+@contextlib.contextmanager
+def unrolled(layer):
+  """Within the context, `layer` (a tf_keras RNN) unrolls its recurrence."""
+  previous = layer.unroll
+  layer.unroll = True
+  try:
+    yield
+  finally:
+    layer.unroll = previous
+
+
+@keras.utils.register_keras_serializable(package="keras_layers")
+class UnrollingLSTM(keras.layers.LSTM):
+  """A tf_keras LSTM that unrolls its recurrence in training calls on short, fixed-length
+  batches (`unrolls`); every other call is tf_keras's own.
+
+  Same weights, names and arithmetic as `tf_keras.layers.LSTM` (tested to float rounding,
+  outputs and gradients): checkpoints, `.h5` weights and `copy_weights` move between the two.
+  The export's streaming model keeps the plain LSTM, which the TFLite converter fuses.
+  """
+
+  def call(self, inputs, mask=None, training=None, initial_state=None):
+    if (not unrolls(self, inputs, training, mask, initial_state) or self.dropout or
+        self.recurrent_dropout):
+      return super().call(inputs, mask=mask, training=training, initial_state=initial_state)
+    # tf_keras's LSTM.call takes its fused-kernel path, which never unrolls; the generic
+    # RNN.call steps the same LSTMCell and honours `unroll`.
+    with unrolled(self):
+      return keras.layers.RNN.call(self, inputs, mask=mask, training=training,
+                                   initial_state=initial_state)
+
+  def get_prunable_weights(self):
+    """tfmot's `PrunableLayer` interface: the matrices tfmot prunes in a tf_keras LSTM (its
+    registry matches layer classes exactly, so a subclass names them itself)."""
+    return [self.cell.kernel, self.cell.recurrent_kernel]
