@@ -1,14 +1,18 @@
 """Unrolled LSTM recurrence for training batches of a fixed, short number of frames.
 
 TensorFlow runs a recurrent layer over a sequence as a `tf.while_loop`, and its gradient as a
-second loop that pops each step's saved activations. On a CPU those per-iteration costs are a
-large share of a TinyLSTM's training step: the matrices are small (batch 16, 256 units), so the
-loop machinery weighs as much as the arithmetic. A training batch has a fixed number of frames
+second loop that pops each step's saved activations. The iterations run one after another, and
+at a TinyLSTM's sizes (batch 16, 256 units) each is too small to keep two CPU cores busy: the
+idle thread waits, and waiting costs CPU time too. A training batch has a fixed number of frames
 that is known when the train step is traced (0.8 s segments: 51 frames), and for such a batch
 the recurrence can run as straight-line code (`unroll=True`): the same cell with the same
-weights and arithmetic, without a loop. Measured on 2 CPU cores (benchmarks/train_speed.py),
-one train step of the paper model (LSTM 256x2, batch 16, 0.8 s): float 157 → 123 CPU ms, QAT
-219 → 171 CPU ms.
+weights and arithmetic, without a loop, which TensorFlow's executor spreads over both cores.
+Measured on 2 CPU cores, paper model (LSTM 256x2), batch 16 of 0.8 s, the recipe's loss:
+- `benchmarks/train_speed.py` (real input pipeline), one job alone: 9.49 → 10.94 steps/s,
+  181 → 157 CPU ms per step; two jobs sharing the 2 cores: 160 → 157 CPU ms per step, i.e.
+  the gain is the loop's idle waiting, which a second job fills anyway;
+- the train step alone on a fixed batch, one job: float 162 → 132 CPU ms, QAT 212 → 168,
+  online block pruning with QAT 226 → 171; float at 1.6 s (101 frames) 318 → 265.
 
 Only training calls unroll, and only when the frame count is static and at most
 `MAX_UNROLLED_FRAMES`: the graph (and the time to trace it) grows with the frame count, and
