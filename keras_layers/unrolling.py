@@ -12,7 +12,8 @@ Measured on 2 CPU cores, paper model (LSTM 256x2), batch 16 of 0.8 s, the recipe
   181 → 157 CPU ms per step; two jobs sharing the 2 cores: 160 → 157 CPU ms per step, i.e.
   the gain is the loop's idle waiting, which a second job fills anyway;
 - the train step alone on a fixed batch, one job: float 162 → 132 CPU ms, QAT 212 → 168,
-  online block pruning with QAT 226 → 171; float at 1.6 s (101 frames) 318 → 265.
+  online block pruning with QAT 226 → 171, tfmot weight pruning 164 → 132; float at 1.6 s
+  (101 frames) 318 → 265.
 
 Only training calls unroll, and only when the frame count is static and at most
 `MAX_UNROLLED_FRAMES`: the graph (and the time to trace it) grows with the frame count, and
