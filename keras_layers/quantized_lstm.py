@@ -38,8 +38,6 @@ weights, so the per-gate scales are those the converter will compute from the pr
 what the export and parameter counts read, whatever extra (mask, threshold) variables a
 subclass holds.
 """
-import contextlib
-
 import tensorflow as tf
 import tf_keras as keras
 
@@ -241,7 +239,7 @@ class QuantizedLSTM(keras.layers.RNN):
     # a CPU; the same arithmetic): keras_layers.unrolling.
     unroll = unrolling.unrolls(self, inputs, training, mask, initial_state)
     try:
-      with unrolling.unrolled(self) if unroll else contextlib.nullcontext():
+      with unrolling.unrolled(self, enabled=unroll):
         return super().call(inputs, mask=mask, training=training, initial_state=initial_state)
     finally:
       object.__setattr__(self.cell, "_weights_for_call", None)

@@ -38,10 +38,10 @@ def unrolls(layer, inputs, training, mask=None, initial_state=None):
 
 
 @contextlib.contextmanager
-def unrolled(layer):
-  """Within the context, `layer` (a tf_keras RNN) unrolls its recurrence."""
+def unrolled(layer, enabled=True):
+  """Within the context, `layer` (a tf_keras RNN) unrolls its recurrence if `enabled`."""
   previous = layer.unroll
-  layer.unroll = True
+  layer.unroll = previous or enabled
   try:
     yield
   finally:
