@@ -24,6 +24,11 @@ flags.DEFINE_string("output_json", None, "Where to write per-file and mean score
 flags.DEFINE_enum("split", "test", ["train", "valid", "test"], "Split of --data_dir to score.")
 flags.DEFINE_integer("max_files", None, "Score at most this many utterances (spread evenly).")
 flags.DEFINE_integer("eval_seed", 0, "Seed of the deterministic speech + noise mixing.")
+flags.DEFINE_integer("mixtures_per_file", 1,
+                     "speech/ + noise/ layout: mix each utterance this many times, each with its "
+                     "own noise, offset and SNR (named <name>~mix<k> for k >= 1), so that a small "
+                     "split such as valid/ averages over more noises. Prepared pairs: ignored.",
+                     lower_bound=1)
 
 FLAGS = flags.FLAGS
 
@@ -58,11 +63,12 @@ def main(argv):
   examples = data.make_evaluation_set(
       corpus, FLAGS.split, seed=FLAGS.eval_seed, max_files=FLAGS.max_files,
       snr_db_range=(data_config.snr_db_min, data_config.snr_db_max),
-      skip_bad_audio=data_config.skip_bad_audio)
+      skip_bad_audio=data_config.skip_bad_audio, mixtures_per_file=FLAGS.mixtures_per_file)
   enhance = enhancer_lib.make_enhancer(FLAGS.model_dir, FLAGS.streaming, FLAGS.tflite)
   report = evaluate_examples(enhance, examples)
   report.update({"model_dir": FLAGS.model_dir, "tflite": FLAGS.tflite,
                  "data_dir": FLAGS.data_dir, "split": FLAGS.split, "seed": FLAGS.eval_seed,
+                 "mixtures_per_file": FLAGS.mixtures_per_file,
                  "streaming": bool(FLAGS.streaming or FLAGS.tflite)})
   print(metrics.format_table(report["summary"]))
   if FLAGS.output_json:

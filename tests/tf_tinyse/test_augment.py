@@ -367,6 +367,44 @@ def test_all_augmentations_deterministic_parallel_resumable_and_clip_protected(t
     assert np.abs(clean).max() <= data.CLIP_PEAK + 1e-6
 
 
+def _peak_normalized(batch):
+  return batch / np.abs(batch).max(axis=1, keepdims=True)
+
+
+def test_spectral_shaping_signals_shape_only_the_signals_named(train_set):
+  """Noise alone leaves the training target as recorded; each signal keeps its own draws."""
+  def speech_and_noise(**shaping):
+    config = data.DataConfig(batch_size=4, gain_db_max=0.0,
+                             augment=data.AugmentConfig(**shaping))
+    (noisy, clean), = _batches(train_set, config, 3, 1)
+    # The mixing and the clip protection only scale each signal: compare shapes, not levels.
+    return _peak_normalized(clean), _peak_normalized(noisy - clean)
+
+  plain_speech, plain_noise = speech_and_noise()
+  both_speech, both_noise = speech_and_noise(spectral_shaping=1.0)
+  noise_speech, noise_noise = speech_and_noise(spectral_shaping=1.0,
+                                               spectral_shaping_signals=("noise",))
+  speech_speech, speech_noise = speech_and_noise(spectral_shaping=1.0,
+                                                 spectral_shaping_signals=("speech",))
+  np.testing.assert_allclose(noise_speech, plain_speech, atol=1e-5)
+  np.testing.assert_allclose(noise_noise, both_noise, atol=1e-4)
+  np.testing.assert_allclose(speech_speech, both_speech, atol=1e-5)
+  np.testing.assert_allclose(speech_noise, plain_noise, atol=1e-4)
+  for shaped, plain in ((noise_noise, plain_noise), (speech_speech, plain_speech)):
+    differences = np.abs(shaped - plain).max(axis=1)
+    # Every example's signal was filtered; the gains are drawn, so some only slightly.
+    assert differences.min() > 1e-3 and differences.max() > 0.05
+
+
+def test_spectral_shaping_signals_are_validated_and_canonical():
+  assert data.AugmentConfig(spectral_shaping_signals=["noise", "speech"]) == data.AugmentConfig()
+  assert data.AugmentConfig(
+      spectral_shaping_signals=("noise",)).spectral_shaping_signals == ("noise",)
+  for signals in ((), ("music",)):
+    with pytest.raises(ValueError, match="spectral_shaping_signals"):
+      data.AugmentConfig(spectral_shaping_signals=signals)
+
+
 def test_switching_one_augmentation_on_keeps_the_draws_of_another(train_set):
   speed = data.AugmentConfig(speed=1.0)
   both = data.AugmentConfig(speed=1.0, noise_mix=1.0)
@@ -418,8 +456,10 @@ def test_augment_config_from_flags_defaults_off_and_validators():
   values = _flag_values("tf_tinyse.data.config", "tf_tinyse.data.augment")
   values(["prog", "--augment_reverb=0.3", "--rt60_max=1.2", "--augment_babble=0.5",
           "--snr_distribution=normal", "--level_distribution=lufs", "--speed_min=0.8",
-          "--augment_tonal_noise=0.25", "--augment_clicks=0.75"])
+          "--augment_tonal_noise=0.25", "--augment_clicks=0.75",
+          "--spectral_shaping_signals=noise"])
   config = data.DataConfig.from_flags(values).augment
+  assert config.spectral_shaping_signals == ("noise",)
   assert (config.reverb, config.rt60_max, config.babble, config.speed_min) == (0.3, 1.2, 0.5, 0.8)
   assert (config.tonal_noise, config.clicks) == (0.25, 0.75)
   assert config.snr_distribution == "normal" and config.changes_examples

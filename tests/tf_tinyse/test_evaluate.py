@@ -112,3 +112,33 @@ def test_silent_reference_is_counted_as_a_pesq_skip(model_dir, test_examples):
 def test_a_model_that_outputs_nan_is_reported(test_examples):
   with pytest.raises(UserError, match=r"produced NaN/inf for '.+': the model is broken"):
     evaluate.evaluate_examples(lambda noisy: noisy * np.nan, test_examples[:1], progress=False)
+
+
+def test_cli_scores_each_utterance_under_several_mixtures(model_dir, tmp_path):
+  output = tmp_path / "valid.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "tf_tinyse.evaluate", f"--model_dir={model_dir}",
+       f"--data_dir={demo_data.path()}", "--split=valid", "--max_files=1",
+       "--mixtures_per_file=3", f"--output_json={output}"],
+      capture_output=True, text=True, env=ENV, timeout=180)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(output) as f:
+    report = json.load(f)
+  expected = data.make_evaluation_set(data.discover_corpus(demo_data.path()), "valid", seed=0,
+                                      max_files=1, mixtures_per_file=3)
+  names = [entry["name"] for entry in report["per_file"]]
+  assert names == [e.name for e in expected]
+  assert names[1:] == [f"{names[0]}~mix1", f"{names[0]}~mix2"]
+  # Each mixture is its own noisy input of the same speech.
+  assert len({round(entry["noisy"]["si_sdr"], 6) for entry in report["per_file"]}) == 3
+  assert report["split"] == "valid" and report["mixtures_per_file"] == 3
+  assert report["summary"]["files"] == 3
+
+
+def test_cli_refuses_zero_mixtures(model_dir):
+  proc = subprocess.run(
+      [sys.executable, "-m", "tf_tinyse.evaluate", f"--model_dir={model_dir}",
+       f"--data_dir={demo_data.path()}", "--mixtures_per_file=0"],
+      capture_output=True, text=True, env=ENV, timeout=180)
+  assert proc.returncode != 0
+  assert "mixtures_per_file" in proc.stderr

@@ -5,7 +5,8 @@ mixed at their LUFS SNR (`mixing.mix_at_snr`, whose clip protection still applie
 
   * spectral shaping (`--augment_spectral_shaping`): random second-order peaking and shelving
     filters (RBJ biquads, gains in ±`--spectral_shaping_db`) on the speech and, drawn
-    independently, on the noise; the RMS level is kept. The target is the shaped speech: a
+    independently, on the noise (`--spectral_shaping_signals` picks one or both); the RMS
+    level is kept. The target is the shaped speech: a
     microphone's or a room's colour is not the model's to undo (a mask ≤ 1 could not boost).
   * speed perturbation (`--augment_speed`): the speech resampled (soxr) by a factor in
     [`--speed_min`, `--speed_max`], which changes tempo and pitch together (factor > 1: faster,
@@ -58,6 +59,7 @@ FLAGS = flags.FLAGS
 
 SNR_DISTRIBUTIONS = ("uniform", "normal")
 LEVEL_DISTRIBUTIONS = ("relative", "lufs")
+SHAPING_SIGNALS = ("speech", "noise")
 
 _PROBABILITY = "Probability (0 = off, 1 = every example)"
 flags.DEFINE_float("augment_spectral_shaping", 0.0,
@@ -65,6 +67,10 @@ flags.DEFINE_float("augment_spectral_shaping", 0.0,
                    "example go through random peaking/shelving filters (level kept).")
 flags.DEFINE_float("spectral_shaping_db", 12.0,
                    "Spectral shaping: gain of each filter drawn from U(-x, x) dB.")
+flags.DEFINE_multi_enum("spectral_shaping_signals", list(SHAPING_SIGNALS), SHAPING_SIGNALS,
+                        "Spectral shaping: the signals it shapes (repeat the flag for both; "
+                        "each is drawn independently with --augment_spectral_shaping). "
+                        "noise alone colours the noise without changing the speech target.")
 flags.DEFINE_float("augment_speed", 0.0,
                    f"{_PROBABILITY} of speed perturbation of the speech (tempo and pitch).")
 flags.DEFINE_float("speed_min", 0.9, "Lowest speed factor (< 1: slower, lower pitch).")
@@ -147,6 +153,7 @@ class AugmentConfig:
   """Augmentation settings (see the module docstring); the defaults switch everything off."""
   spectral_shaping: float = 0.0
   spectral_shaping_db: float = 12.0
+  spectral_shaping_signals: tuple = SHAPING_SIGNALS
   speed: float = 0.0
   speed_min: float = 0.9
   speed_max: float = 1.1
@@ -173,6 +180,13 @@ class AugmentConfig:
       raise ValueError(f"snr_distribution must be one of {SNR_DISTRIBUTIONS}")
     if self.level_distribution not in LEVEL_DISTRIBUTIONS:
       raise ValueError(f"level_distribution must be one of {LEVEL_DISTRIBUTIONS}")
+    signals = tuple(self.spectral_shaping_signals)
+    if not signals or set(signals) - set(SHAPING_SIGNALS):
+      raise ValueError(f"spectral_shaping_signals must be some of {SHAPING_SIGNALS}, got "
+                       f"{signals}")
+    # The order given does not matter: keep one canonical tuple so equal configs compare equal.
+    object.__setattr__(self, "spectral_shaping_signals",
+                       tuple(name for name in SHAPING_SIGNALS if name in signals))
 
   @property
   def changes_examples(self) -> bool:
@@ -186,7 +200,8 @@ class AugmentConfig:
     """The config given by the augmentation flags (parsed `FLAGS` unless another FlagValues)."""
     f = FLAGS if flag_values is None else flag_values
     return cls(spectral_shaping=f.augment_spectral_shaping,
-               spectral_shaping_db=f.spectral_shaping_db, speed=f.augment_speed,
+               spectral_shaping_db=f.spectral_shaping_db,
+               spectral_shaping_signals=tuple(f.spectral_shaping_signals), speed=f.augment_speed,
                speed_min=f.speed_min, speed_max=f.speed_max, reverb=f.augment_reverb,
                rt60_min=f.rt60_min, rt60_max=f.rt60_max, rir_bank_size=f.rir_bank_size,
                reverb_early_ms=f.reverb_early_ms, noise_mix=f.augment_noise_mix,
@@ -594,6 +609,11 @@ class ExampleAugmenter:
     self._reverberate = _BankConvolver(
         self._bank, early_samples(config.reverb_early_ms, sample_rate))
 
+  def _shaping(self, signal) -> float:
+    """The spectral shaping probability of `signal` ("speech" or "noise")."""
+    c = self._config
+    return c.spectral_shaping if signal in c.spectral_shaping_signals else 0.0
+
   def _drawn(self, g, kind, probability) -> Optional[np.random.Generator]:
     """The generator of augmentation `kind` for example `g` if it applies, else None."""
     if probability <= 0:
@@ -607,7 +627,7 @@ class ExampleAugmenter:
     c, n, wave = self._config, self._n, self._set.clean[f]
     rng = self._drawn(g, _SPEED, c.speed)
     factor = float(rng.uniform(c.speed_min, c.speed_max)) if rng is not None else 1.0
-    rng = self._drawn(g, _SPEECH_SHAPING, c.spectral_shaping)
+    rng = self._drawn(g, _SPEECH_SHAPING, self._shaping("speech"))
     filters = random_biquads(rng, c.spectral_shaping_db) if rng is not None else []
     rng = self._drawn(g, _REVERB, c.reverb)
     k = int(rng.integers(len(self._bank))) if rng is not None else None
@@ -650,7 +670,7 @@ class ExampleAugmenter:
       if rng is not None:
         added = make(rng, self._set.noise, n, self._rate)
         noise = add_at_level(noise, added, rng.uniform(-c.noise_mix_db, c.noise_mix_db))
-    rng = self._drawn(g, _NOISE_SHAPING, c.spectral_shaping)
+    rng = self._drawn(g, _NOISE_SHAPING, self._shaping("noise"))
     if rng is not None:
       noise = shape_spectrum(noise, random_biquads(rng, c.spectral_shaping_db), self._rate)
     return noise
