@@ -220,7 +220,7 @@ def count_parameters(model):
   return parameter_counts(model)[0]
 
 
-def _short_name(variable):
+def short_name(variable):
   """'lstm_0/lstm_cell/kernel:0' → 'kernel'."""
   return variable.name.split("/")[-1].split(":")[0]
 
@@ -242,13 +242,13 @@ def copy_weights(source, target, strict=True):
       if strict:
         raise UserError(f"the source model has no layer '{layer.name}' to initialize from")
       continue
-    available = {_short_name(v): v for v in source_layer.weights}
+    available = {short_name(v): v for v in source_layer.weights}
     for variable in layer.weights:
-      value = available.get(_short_name(variable))
+      value = available.get(short_name(variable))
       if value is None:
         continue
       if tuple(value.shape) != tuple(variable.shape):
-        raise UserError(f"layer '{layer.name}' variable '{_short_name(variable)}' has shape "
+        raise UserError(f"layer '{layer.name}' variable '{short_name(variable)}' has shape "
                         f"{tuple(variable.shape)}, the source's {tuple(value.shape)}: the "
                         "models have other layer sizes")
       variable.assign(value)

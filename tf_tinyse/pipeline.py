@@ -105,7 +105,8 @@ def _train(ctx, config, model_dir, steps, learning_rate, init_from=None, sparsit
       final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
       validation_mixtures=FLAGS.validation_mixtures, sparsity_schedule=sparsity_schedule,
       if_init_changed=train.INIT_CHANGED_RESTART, worker_role=ctx.role,
-      loss=losses.LossConfig.from_flags(), weight_average_decay=FLAGS.weight_average_decay)
+      loss=losses.LossConfig.from_flags(), weight_average_decay=FLAGS.weight_average_decay,
+      weight_decay=FLAGS.weight_decay)
   info = {"steps": result["step"], "resumed_from_step": result["resumed_from"],
           "best_validation": result["best"], "wall_seconds_this_run": time.time() - started,
           "model_dir": model_dir}

@@ -722,7 +722,7 @@ def write_model_dir(output_dir, evaluator, best, combo, model_dir, target, candi
 
 def mask_values(model):
   """{layer/variable: mask array} of a fixed-mask model."""
-  return {f"{layer.name}/{model_lib._short_name(v)}": v.numpy()  # pylint: disable=protected-access
+  return {f"{layer.name}/{model_lib.short_name(v)}": v.numpy()
           for layer in sparsity.sparse_layers(model) for v in layer.masks()}
 
 

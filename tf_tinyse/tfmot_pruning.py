@@ -55,6 +55,7 @@ import tf_keras as keras
 from keras_layers import pruning_groups
 from keras_layers.quantized_dense import QuantizedDense
 from keras_layers.quantized_lstm import QuantizedLSTM
+from tf_tinyse import model as model_lib
 from tf_tinyse import sparsity
 from tf_tinyse.errors import UserError
 
@@ -156,12 +157,8 @@ def masks(model):
   result = {}
   for layer in wrappers(model):
     for weight, mask, _ in layer.pruning_vars:
-      result[f"{layer.layer.name}/{_short_name(weight)}"] = mask.numpy()
+      result[f"{layer.layer.name}/{model_lib.short_name(weight)}"] = mask.numpy()
   return result
-
-
-def _short_name(variable):
-  return variable.name.split("/")[-1].split(":")[0]
 
 
 def apply_masks(model):
@@ -185,9 +182,9 @@ def strip(wrapped, target):
     if not layer.weights:
       continue
     inner, masked = sources[layer.name]
-    values = {_short_name(v): v for v in inner.weights}
+    values = {model_lib.short_name(v): v for v in inner.weights}
     for variable in layer.weights:
-      source = values[_short_name(variable)]
+      source = values[model_lib.short_name(variable)]
       mask = masked.get(source.ref())
       variable.assign(source if mask is None else source * mask)
   return target
@@ -199,6 +196,6 @@ def summarize(model, step):
   `sparsity.summarize_to_tensorboard`."""
   for layer in wrappers(model):
     for weight, mask, threshold in layer.pruning_vars:
-      name = f"tfmot/{layer.layer.name}/{_short_name(weight)}"
+      name = f"tfmot/{layer.layer.name}/{model_lib.short_name(weight)}"
       tf.summary.scalar(f"{name}/mask_sparsity", 1.0 - float(np.mean(mask.numpy())), step=step)
       tf.summary.scalar(f"{name}/threshold", float(threshold.numpy()), step=step)

@@ -57,6 +57,10 @@ flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 flags.DEFINE_float("final_learning_rate_fraction", 0.1, "Cosine decay of the learning rate over "
                    "--steps down to this fraction of --learning_rate (1: constant).")
 flags.DEFINE_float("clip_norm", 3.0, "Global gradient-norm clipping.")
+flags.DEFINE_float("weight_decay", 0.0,
+                   "Decoupled weight decay (AdamW) of the kernels: each step shrinks every "
+                   "LSTM and Dense kernel by weight_decay x the learning rate of that step. "
+                   "Biases, the QEQ and pruning thresholds are not decayed. 0: Adam.")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints.")
 flags.DEFINE_integer("validate_every", 500, "Steps between validations (also at the end).")
 flags.DEFINE_integer("max_validation_files", 16, "Validation utterances scored each time.")
@@ -77,6 +81,8 @@ for _name in ("steps", "checkpoint_every", "validate_every", "max_validation_fil
   flags.register_validator(_name, lambda v: v is not None and v > 0,
                            message=f"--{_name} must be a positive integer")
 flags.register_validator("learning_rate", lambda v: v > 0, message="--learning_rate must be > 0")
+flags.register_validator("weight_decay", lambda v: 0.0 <= v < 1.0,
+                         message="--weight_decay must be in [0, 1)")
 
 FLAGS = flags.FLAGS
 CHECKPOINTS = model_lib.CHECKPOINTS
@@ -155,12 +161,18 @@ def _write_folder(model_dir, role):
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def decayed_weights(model):
+  """The variables `--weight_decay` shrinks: the LSTM and Dense kernels (input and recurrent)."""
+  return [v for v in model.trainable_variables
+          if model_lib.short_name(v) in ("kernel", "recurrent_kernel")]
+
+
 class Trainer:
   """Model, optimizer and the distributed train step; knows nothing of files."""
 
   def __init__(self, config, strategy, learning_rate=1e-3, clip_norm=3.0, global_batch_size=32,
                decay_steps=None, final_learning_rate_fraction=1.0, sparsity_schedule=None,
-               loss=losses.LossConfig(), weight_average_decay=0.0):
+               loss=losses.LossConfig(), weight_average_decay=0.0, weight_decay=0.0):
     self.config = config
     # The mask floor is for deployment only: trained under it the network learns to lower
     # its mask by as much (measured, demo.cfg at 4,000 steps, validation: trained with a
@@ -186,7 +198,14 @@ class Trainer:
         # A function of the optimizer's step counter, which checkpoints restore.
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps, alpha=final_learning_rate_fraction)
-      self.optimizer = keras.optimizers.Adam(learning_rate, global_clipnorm=clip_norm)
+      if weight_decay > 0:
+        self.optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay,
+                                                global_clipnorm=clip_norm)
+        kernels = {id(v) for v in decayed_weights(self.model)}
+        self.optimizer.exclude_from_weight_decay(
+            var_list=[v for v in self.model.trainable_variables if id(v) not in kernels])
+      else:
+        self.optimizer = keras.optimizers.Adam(learning_rate, global_clipnorm=clip_norm)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
       # The online sparsity loss's multiplier adapts: it grows while the network is off the
       # scheduled target, until the sparsity term outweighs the enhancement loss's pull on
@@ -425,7 +444,7 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
           log_every=50, strategy=None, progress=True, init_from=None,
           final_learning_rate_fraction=0.1, validation_mixtures=1, sparsity_schedule=None,
           if_init_changed=INIT_CHANGED_ERROR, worker_role=None, loss=losses.LossConfig(),
-          weight_average_decay=0.0):
+          weight_average_decay=0.0, weight_decay=0.0):
   """Trains (or resumes) up to `steps` total steps. Returns a summary dict.
 
   `sparsity_schedule` (`sparsity.Schedule`): the target sparsity over the steps for a pruned
@@ -442,6 +461,9 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
   `weight_average_decay` > 0: validation, best/ and what follows use an exponential moving
   average of the weights (`weight_average`; dense models only). Validation then also scores
   the raw weights ('raw_si_sdr_improvement' in the scores, TensorBoard 'valid_raw/').
+
+  `weight_decay` > 0: AdamW's decoupled decay of the kernels (`decayed_weights`), scaled by
+  the learning rate; 0: Adam.
 
   `worker_role` (`WorkerRole`, default: from the strategy's cluster resolver): only the chief
   writes into model_dir; other workers read checkpoints and best/info.json from it and write
@@ -469,14 +491,14 @@ def train(config, data_config, corpus, model_dir, steps, seed=0, learning_rate=1
                   strategy, progress, init_from, final_learning_rate_fraction,
                   validation_mixtures, sparsity_schedule, restarted,
                   checkpoints_shown=os.path.join(model_dir, CHECKPOINTS), loss=loss,
-                  weight_average_decay=weight_average_decay)
+                  weight_average_decay=weight_average_decay, weight_decay=weight_decay)
 
 
 def _train(config, data_config, corpus, read_dir, out_dir, steps, seed, learning_rate,
            clip_norm, checkpoint_every, validate_every, max_validation_files, log_every,
            strategy, progress, init_from, final_learning_rate_fraction, validation_mixtures,
            sparsity_schedule, restarted, checkpoints_shown, loss=losses.LossConfig(),
-           weight_average_decay=0.0):
+           weight_average_decay=0.0, weight_decay=0.0):
   """train() once the folders are decided: resumes from `read_dir` (None: from the start),
   writes into `out_dir`."""
   keras.utils.set_random_seed(seed)
@@ -485,7 +507,7 @@ def _train(config, data_config, corpus, read_dir, out_dir, steps, seed, learning
   trainer = Trainer(config, strategy, learning_rate, clip_norm, data_config.batch_size,
                     decay_steps=steps, final_learning_rate_fraction=final_learning_rate_fraction,
                     sparsity_schedule=sparsity_schedule, loss=loss,
-                    weight_average_decay=weight_average_decay)
+                    weight_average_decay=weight_average_decay, weight_decay=weight_decay)
   averaging = trainer.weight_average is not None
   if weight_average_decay > 0 and not averaging:
     logging.info("--weight_average_decay is not applied to a pruned model: it keeps its raw "
@@ -693,7 +715,8 @@ def main(argv):
                  final_learning_rate_fraction=FLAGS.final_learning_rate_fraction,
                  validation_mixtures=FLAGS.validation_mixtures, sparsity_schedule=schedule,
                  loss=losses.LossConfig.from_flags(),
-                 weight_average_decay=FLAGS.weight_average_decay)
+                 weight_average_decay=FLAGS.weight_average_decay,
+                 weight_decay=FLAGS.weight_decay)
   best = result["best"] or {}
   print(f"trained to step {result['step']} (started at {result['resumed_from']}); "
         f"best validation SI-SDR {best.get('si_sdr', float('nan')):.2f} dB at step "

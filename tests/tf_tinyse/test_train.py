@@ -661,3 +661,38 @@ def test_stoi_loss_with_segments_shorter_than_its_envelope_segment_is_refused(tm
                 str(tmp_path / "model"), 2, progress=False,
                 loss=losses.LossConfig(stoi_weight=1.0))
   assert not (tmp_path / "model").exists()
+
+
+def test_weight_decay_shrinks_the_kernels_by_decay_times_learning_rate(speech_clip, noise_clip):
+  """AdamW's decay is decoupled: from the same weights and batch, the decayed step differs
+  from Adam's by exactly decay x learning rate x the kernel, and biases and QEQ not at all."""
+  n = 16000
+  clean = np.stack([speech_clip[:n], speech_clip[n:2 * n]]).astype(np.float32)
+  noisy = (clean + 0.5 * np.stack([noise_clip[:n], noise_clip[n:2 * n]])).astype(np.float32)
+  adam = train.Trainer(TINY, tf.distribute.get_strategy(), learning_rate=1e-2,
+                       global_batch_size=2)
+  adamw = train.Trainer(TINY, tf.distribute.get_strategy(), learning_rate=1e-2,
+                        global_batch_size=2, weight_decay=0.5)
+  adamw.model.set_weights(adam.model.get_weights())
+  before = {v.name: v.numpy() for v in adam.model.trainable_variables}
+  decayed = {v.name for v in train.decayed_weights(adam.model)}
+  assert decayed == {"lstm_0/lstm_cell/kernel:0", "lstm_0/lstm_cell/recurrent_kernel:0",
+                     "lstm_1/lstm_cell/kernel:0", "lstm_1/lstm_cell/recurrent_kernel:0",
+                     "dense_0/kernel:0", "mask/kernel:0"}
+  for trainer in (adam, adamw):
+    trainer.train_step((tf.constant(noisy), tf.constant(clean)))
+  for plain, with_decay in zip(adam.model.trainable_variables, adamw.model.trainable_variables):
+    name = plain.name
+    assert not np.allclose(plain.numpy(), before[name])  # both took a step
+    expected = 0.5 * 1e-2 * before[name] if name in decayed else 0.0
+    np.testing.assert_allclose(plain.numpy() - with_decay.numpy(), expected, atol=2e-6,
+                               err_msg=name)
+
+
+def test_weight_decay_flag_is_validated():
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  with flagsaver.flagsaver():
+    for bad in (-0.1, 1.0):
+      with pytest.raises(flags.IllegalFlagValueError, match="--weight_decay must be in"):
+        flags.FLAGS.weight_decay = bad
