@@ -635,20 +635,22 @@ def test_trainer_weighs_the_complex_part_of_the_spectral_loss(speech_clip, noise
   assert half == pytest.approx(0.5 * (magnitude + complex_), rel=1e-5)
 
 
-def test_the_training_loss_ignores_the_mask_floor_and_validation_applies_it(speech_clip,
-                                                                            noise_clip):
+@pytest.mark.parametrize("deployed", [{"mask_floor": 0.2}, {"low_cut_hz": 40.0},
+                                      {"mask_floor": 0.05, "low_cut_hz": 20.0}])
+def test_the_training_loss_ignores_the_mask_floor_and_low_cut_and_validation_applies_them(
+    speech_clip, noise_clip, deployed):
   n = 16000
   clean = np.stack([speech_clip[:n], speech_clip[n:2 * n]]).astype(np.float32)
   noisy = (clean + 0.5 * np.stack([noise_clip[:n], noise_clip[n:2 * n]])).astype(np.float32)
   floored_config = dataclasses.replace(
-      TINY, feature=dataclasses.replace(TINY.feature, mask_floor=0.2))
+      TINY, feature=dataclasses.replace(TINY.feature, **deployed))
   plain = train.Trainer(TINY, tf.distribute.get_strategy(), global_batch_size=2)
   floored = train.Trainer(floored_config, tf.distribute.get_strategy(), global_batch_size=2)
   floored.model.set_weights(plain.model.get_weights())
   np.testing.assert_allclose(
       floored.per_example_loss(tf.constant(noisy), tf.constant(clean)).numpy(),
       plain.per_example_loss(tf.constant(noisy), tf.constant(clean)).numpy(), rtol=1e-6)
-  # What validation and deployment run: the floored mask changes the output.
+  # What validation and deployment run: the floored (or cut) mask changes the output.
   plain_out = train.enhancer.Enhancer(plain.model, TINY)(noisy[0])
   floored_out = train.enhancer.Enhancer(floored.model, floored_config)(noisy[0])
   assert np.abs(floored_out - plain_out).max() > 1e-3
@@ -696,3 +698,41 @@ def test_weight_decay_flag_is_validated():
     for bad in (-0.1, 1.0):
       with pytest.raises(flags.IllegalFlagValueError, match="--weight_decay must be in"):
         flags.FLAGS.weight_decay = bad
+
+
+def test_a_run_checkpointed_with_adam_resumes_with_weight_decay(tiny_run, tmp_path):
+  """Adam and AdamW keep the same moments, so adding --weight_decay to a run resumes it: from
+  the same checkpoint, one more step with and without the decay differs only by the decoupled
+  shrink, one factor (decay x that step's learning rate) for every kernel, none for the rest."""
+  adam_checkpoint = tf.train.load_checkpoint(tf.train.latest_checkpoint(
+      os.path.join(tiny_run[0], "checkpoints")))
+  adam_state = {k for k in adam_checkpoint.get_variable_to_shape_map()
+                if k.startswith("optimizer/")}
+  resumed = {}
+  for decay in (0.0, 0.5):
+    model_dir = tmp_path / f"decay{decay}"
+    shutil.copytree(tiny_run[0], model_dir)
+    result = train.train(TINY, TINY_DATA, data.discover_corpus(demo_data.path()),
+                         str(model_dir), 7, checkpoint_every=5, validate_every=1000,
+                         max_validation_files=2, progress=False, weight_decay=decay)
+    assert result["resumed_from"] == 6 and result["step"] == 7
+    resumed[decay] = _model_variables(model_dir)
+    # The optimizer restored its state, moments included, rather than starting again.
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
+    optimizer_state = {k for k in reader.get_variable_to_shape_map()
+                       if k.startswith("optimizer/")}
+    assert optimizer_state == adam_state
+    assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 7
+  before = _model_variables(tiny_run[0])
+  kernel = re.compile(r"model/layer_with_weights-\d+/(cell/)?(kernel|recurrent_kernel)/")
+  factors = []
+  for name, value in before.items():
+    shrink = resumed[0.0][name] - resumed[0.5][name]
+    if kernel.match(name):
+      factors.append(float(np.sum(shrink * value) / np.sum(value * value)))
+      np.testing.assert_allclose(shrink, factors[-1] * value, atol=1e-7, err_msg=name)
+    else:
+      np.testing.assert_array_equal(shrink, 0.0, err_msg=name)
+  assert len(factors) == 6
+  # One step at a learning rate of at most 1e-3 (train()'s default) with decay 0.5.
+  assert 0 < min(factors) and np.ptp(factors) < 1e-6 and max(factors) <= 0.5 * 1e-3
