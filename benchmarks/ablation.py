@@ -62,6 +62,7 @@ AUGMENTATIONS = {
     "babble": ["--augment_babble=0.3"],
     "tonal_noise": ["--augment_tonal_noise=0.3"],
     "clicks": ["--augment_clicks=0.3"],
+    "rumble": ["--augment_rumble=0.3"],
     "snr_normal": ["--snr_distribution=normal"],
     "level_lufs": ["--level_distribution=lufs"],
 }

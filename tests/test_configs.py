@@ -49,7 +49,8 @@ RECIPE_FLAGS = ["complex_loss_weight", "si_sdr_loss_weight", "stoi_loss_weight",
                 "final_learning_rate_fraction", "learning_rate", "snr_distribution",
                 "mask_floor", "augment_tonal_noise", "augment_clicks", "augment_spectral_shaping",
                 "augment_speed", "augment_reverb", "augment_noise_mix", "augment_babble",
-                "level_distribution", "segment_seconds", "batch_size"]
+                "augment_rumble", "low_cut_hz", "level_distribution", "segment_seconds",
+                "batch_size"]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ and export compute features in exactly one way.
 """
 import dataclasses
 import functools
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -26,10 +27,16 @@ class FeatureConfig:
   compression: float = 0.3
   # Lowest gain the mask can apply: mask' = floor + (1 - floor) * mask. 0 is the paper's path.
   mask_floor: float = 0.0
+  # STFT bins centred below this frequency get gain 0 whatever the mask says: speech holds
+  # next to no energy there, recordings often hold rumble and drift. 0 is the paper's path.
+  low_cut_hz: float = 0.0
 
   def __post_init__(self):
     if not 0.0 <= self.mask_floor < 1.0:
       raise ValueError(f"mask_floor must be in [0, 1), got {self.mask_floor}")
+    if not 0.0 <= self.low_cut_hz < self.sample_rate / 2:
+      raise ValueError(f"low_cut_hz must be in [0, {self.sample_rate / 2:g}) (the Nyquist "
+                       f"frequency), got {self.low_cut_hz}")
 
   @property
   def num_bins(self):
@@ -170,9 +177,31 @@ def floored_mask(mask, config):
   return config.mask_floor + (1.0 - config.mask_floor) * mask
 
 
+def low_cut_bins(config):
+  """How many STFT bins, from DC up, lie below `config.low_cut_hz` (their centre frequency)."""
+  bin_hz = config.sample_rate / config.frame_length
+  return min(config.num_bins, math.ceil(config.low_cut_hz / bin_hz))
+
+
+def low_cut_gain(config):
+  """[bins] float32: 0 for the `low_cut_bins` lowest bins, 1 above."""
+  gain = np.ones(config.num_bins, np.float32)
+  gain[:low_cut_bins(config)] = 0.0
+  return gain
+
+
+def bin_gains(mask, config):
+  """The gain of every STFT bin: the (floored) mel mask brought back to linear frequency,
+  zero below the low cut. [..., bands] → [..., bins]."""
+  gains = mel_mask_to_linear(floored_mask(mask, config), config)
+  if low_cut_bins(config):
+    gains = gains * tf.constant(low_cut_gain(config))
+  return gains
+
+
 def apply_mel_mask(spectra, mask, config):
-  """Multiplies the noisy STFT by the (floored) mel mask brought back to linear frequency."""
-  return spectra * _as_complex(mel_mask_to_linear(floored_mask(mask, config), config))
+  """Multiplies the noisy STFT by the gain of each bin (`bin_gains`)."""
+  return spectra * _as_complex(bin_gains(mask, config))
 
 
 def compressed_spectrum(spectra, compression):

@@ -52,6 +52,11 @@ flags.DEFINE_float("mask_floor", 0.0, "Lowest gain of the mask: the model's mask
                    "config.json and the front-end JSON), but not in the training loss, where "
                    "the network would learn to undo it. 0: the paper's mask.",
                    lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_float("low_cut_hz", 0.0, "STFT bins centred below this frequency get gain 0, "
+                   "whatever the mask: a high-pass on the output against rumble and drift that "
+                   "speech hardly holds (saved and applied like --mask_floor, and like it not "
+                   "in the training loss). 0: off, the paper's path.", lower_bound=0.0,
+                   upper_bound=7999.0)
 flags.DEFINE_bool("quantize", False, "Quantization-aware training: 8-bit fake quantization of "
                   "the QEQ output, the weights and the activations on the grid of the int8 "
                   "export (fixed [-1, 1] range for the LSTM inputs/outputs).")
@@ -103,7 +108,8 @@ class ModelConfig:
                dense_units=tuple(int(u) for u in flag_values.dense_units),
                use_qeq=flag_values.qeq, quantize=flag_values.quantize,
                feature=features.FeatureConfig(num_bands=flag_values.num_bands,
-                                               mask_floor=flag_values.mask_floor),
+                                               mask_floor=flag_values.mask_floor,
+                                               low_cut_hz=flag_values.low_cut_hz),
                sparsity_structure=flag_values.sparsity_structure,
                block_size=sparsity.block_size_from_shape(flag_values.block_shape),
                pruning=flag_values.pruning)

@@ -30,7 +30,7 @@ HOW_COUNTED = (
     "expansion Gᵀ over G's non-zero entries only (1 multiply each, adds to sum them); the "
     "compression 1 add + 1 pow per band; QEQ, quantize and dequantize 1 multiply + 1 add per "
     "band (quantize also rounds and clips); the mask multiply 2 multiplies per bin (real gain "
-    "× complex bin); analysis and synthesis windows 1 multiply per sample (the inverse FFT's "
+    "× complex bin), bins below the low cut zeroed instead (no expansion, no multiply); analysis and synthesis windows 1 multiply per sample (the inverse FFT's "
     "1/N folded into the synthesis window); overlap-add N - H adds. Loads, stores, loop and "
     "index arithmetic and the frame-buffer shift are not counted")
 HOW_MEASURED = ("tflm_export.frontend_cost.HopFrontend in numpy on this host, one hop at a "
@@ -67,7 +67,11 @@ def ops_per_hop(feature_config, qeq=True):
   g = features.mel_matrix(feature_config)
   nonzeros = int(np.count_nonzero(g))
   bands_used = int(np.count_nonzero(np.any(g != 0, axis=1)))
-  bins_used = int(np.count_nonzero(np.any(g != 0, axis=0)))
+  # Bins below the low cut are set to zero: no gain to expand, nothing to multiply.
+  cut = features.low_cut_bins(feature_config)
+  kept = g[:, cut:]
+  expansion_nonzeros = int(np.count_nonzero(kept))
+  expansion_bins = int(np.count_nonzero(np.any(kept != 0, axis=0)))
   fft = _real_fft_ops(n)
   stages = {
       "analysis_window": {"multiplies": n, "adds": 0},
@@ -78,8 +82,9 @@ def ops_per_hop(feature_config, qeq=True):
       "qeq": {"multiplies": bands if qeq else 0, "adds": bands if qeq else 0},
       "quantize_input": {"multiplies": bands, "adds": bands, "round_and_clip": bands},
       "dequantize_mask": {"multiplies": bands, "adds": bands},
-      "mask_expansion": {"multiplies": nonzeros, "adds": nonzeros - bins_used},
-      "mask_multiply": {"multiplies": 2 * bins, "adds": 0},
+      "mask_expansion": {"multiplies": expansion_nonzeros,
+                         "adds": expansion_nonzeros - expansion_bins},
+      "mask_multiply": {"multiplies": 2 * (bins - cut), "adds": 0},
       "irfft": dict(fft),
       "synthesis_window": {"multiplies": n, "adds": 0},
       "overlap_add": {"multiplies": 0, "adds": n - h},
@@ -88,7 +93,8 @@ def ops_per_hop(feature_config, qeq=True):
             for key in ("multiplies", "adds", "sqrt", "pow", "round_and_clip")}
   return {**totals, "stages": stages,
           "sizes": {"frame_length": n, "hop_length": h, "bins": bins, "bands": bands,
-                    "mel_nonzeros": nonzeros, "fft_points_counted": _fft_points(n)},
+                    "mel_nonzeros": nonzeros, "low_cut_bins": cut,
+                    "fft_points_counted": _fft_points(n)},
           "how_counted": HOW_COUNTED}
 
 
@@ -111,6 +117,7 @@ class HopFrontend:
     self._window = features.analysis_window(self.config)
     self._g = features.mel_matrix(self.config)  # [bands, bins]
     self._g_t = np.ascontiguousarray(self._g.T)  # [bins, bands]
+    self._low_cut = features.low_cut_gain(self.config)
     self.input_quantization = input_quantization
     self.output_quantization = output_quantization
     self.reset()
@@ -140,7 +147,8 @@ class HopFrontend:
     # The floor is affine like the dequantization; on a device both fold into one multiply and
     # add per band (ops_per_hop's "dequantize_mask").
     mask = features.floored_mask(np.asarray(mask, np.float32), self.config)
-    gain = mask @ self._g  # Gᵀ M: [bins]
+    # Gᵀ M, then the low cut's zeros (a device skips those bins' multiplies).
+    gain = (mask @ self._g) * self._low_cut  # [bins]
     frame = np.fft.irfft(spectrum * gain, n=self.config.frame_length) * self._window
     h = self.config.hop_length
     self._overlap += frame.astype(np.float32)

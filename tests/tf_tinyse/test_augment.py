@@ -302,6 +302,59 @@ def test_stream_adds_the_tone_to_the_noise_only(tone_corpus):
     assert _top_bins_share(pn - pc) < 0.15 and _top_bins_share(n - c) > 0.4
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_rumble_is_low_frequency_noise_from_the_recordings(seed):
+  noises = [_white(3.0, 60 + k) for k in range(2)]
+  out = augment.rumble(np.random.default_rng(seed), noises, 2 * RATE)
+  assert out.shape == (2 * RATE,) and out.dtype == np.float32 and np.all(np.isfinite(out))
+  # White noise in, all of the rumble's power below 200 Hz (twice the highest cutoff), at
+  # unit RMS plus its DC offset; the same seed draws the same rumble.
+  spectrum = np.abs(np.fft.rfft(out.astype(np.float64))) ** 2
+  freqs = np.fft.rfftfreq(out.size, 1 / RATE)
+  assert spectrum[freqs >= 200].sum() < 1e-3 * spectrum.sum()
+  assert _rms(out - np.mean(out)) == pytest.approx(1.0, rel=0.25)
+  np.testing.assert_array_equal(out, augment.rumble(np.random.default_rng(seed), noises,
+                                                    2 * RATE))
+
+
+def test_rumble_cutoffs_and_offsets_spread_over_their_ranges():
+  noises = [_white(3.0, 70)]
+  # 8 s each: long enough that the mean of a 10 Hz rumble (about 0.08 of its RMS) does not
+  # pass for an offset (0.5 to 2 times its RMS).
+  rumbles = [augment.rumble(np.random.default_rng(seed), noises, 8 * RATE) for seed in range(40)]
+  # The frequency below which 90 % of the (offset-free) power lies follows the drawn cutoff.
+  edges = []
+  for r in rumbles:
+    power = np.abs(np.fft.rfft((r - r.mean()).astype(np.float64))) ** 2
+    edges.append(np.fft.rfftfreq(r.size, 1 / RATE)[np.searchsorted(np.cumsum(power),
+                                                                      0.9 * power.sum())])
+  assert min(edges) < 20 and max(edges) > 60
+  offsets = np.abs([float(np.mean(r)) for r in rumbles])
+  assert offsets.max() < 2.3 and not np.any((offsets > 0.3) & (offsets < 0.4))
+  with_offset = int(np.sum(offsets > 0.35))
+  assert 10 <= with_offset <= 30  # about half
+
+
+def test_stream_adds_the_rumble_to_the_noise_only(tone_corpus):
+  config = data.DataConfig(batch_size=8, gain_db_max=0.0, augment=data.AugmentConfig(
+      rumble=1.0, noise_mix_db=0.0))
+  plain = data.DataConfig(batch_size=8, gain_db_max=0.0)
+  (noisy, clean), = _batches(tone_corpus, config, 0, 1)
+  (plain_noisy, plain_clean), = _batches(tone_corpus, plain, 0, 1)
+  np.testing.assert_allclose(clean / np.abs(clean).max(axis=1, keepdims=True),
+                             plain_clean / np.abs(plain_clean).max(axis=1, keepdims=True),
+                             atol=1e-5)  # the speech is untouched
+  def low(x):
+    """The share of `x`'s power below 100 Hz."""
+    power = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
+    return power[np.fft.rfftfreq(x.size, 1 / RATE) < 100].sum() / power.sum()
+
+  for n, c, pn, pc in zip(noisy, clean, plain_noisy, plain_clean):
+    # Hiss holds about 1 % of its power below 100 Hz; with the rumble at the hiss's RMS, and
+    # more after LUFS mixing, which weighs it little, about half of the noise's power is there.
+    assert low(pn - pc) < 0.05 and low(n - c) > 0.4
+
+
 # --- SNR and level distributions -------------------------------------------------------------
 
 
@@ -344,7 +397,8 @@ def _batches(audio_set, config, seed, count, start_step=0):
 
 
 ALL_ON = data.AugmentConfig(spectral_shaping=0.5, speed=0.5, reverb=0.5, noise_mix=0.5,
-                            babble=0.5, tonal_noise=0.5, clicks=0.5, rir_bank_size=4,
+                            babble=0.5, tonal_noise=0.5, clicks=0.5, rumble=0.5,
+                            rir_bank_size=4,
                             snr_distribution="normal", level_distribution="lufs")
 
 
@@ -456,18 +510,19 @@ def test_augment_config_from_flags_defaults_off_and_validators():
   values = _flag_values("tf_tinyse.data.config", "tf_tinyse.data.augment")
   values(["prog", "--augment_reverb=0.3", "--rt60_max=1.2", "--augment_babble=0.5",
           "--snr_distribution=normal", "--level_distribution=lufs", "--speed_min=0.8",
-          "--augment_tonal_noise=0.25", "--augment_clicks=0.75",
+          "--augment_tonal_noise=0.25", "--augment_clicks=0.75", "--augment_rumble=0.5",
           "--spectral_shaping_signals=noise"])
   config = data.DataConfig.from_flags(values).augment
   assert config.spectral_shaping_signals == ("noise",)
   assert (config.reverb, config.rt60_max, config.babble, config.speed_min) == (0.3, 1.2, 0.5, 0.8)
-  assert (config.tonal_noise, config.clicks) == (0.25, 0.75)
+  assert (config.tonal_noise, config.clicks, config.rumble) == (0.25, 0.75, 0.5)
   assert config.snr_distribution == "normal" and config.changes_examples
 
   with flagsaver.flagsaver():
     for name, value, message in (
         ("augment_speed", 1.5, "--augment_speed must be in \\[0, 1\\]"),
         ("augment_clicks", -0.1, "--augment_clicks must be in \\[0, 1\\]"),
+        ("augment_rumble", 1.1, "--augment_rumble must be in \\[0, 1\\]"),
         ("speed_min", 1.2, "--speed_min must be <= --speed_max"),
         ("rt60_max", 0.1, "--rt60_min must be <= --rt60_max"),
         ("babble_talkers_min", 9, "--babble_talkers_min must be <= --babble_talkers_max"),

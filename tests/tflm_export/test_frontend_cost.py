@@ -42,9 +42,10 @@ def test_hop_frontend_computes_the_stft_mel_features_and_qeq(noisy_clip):
   assert np.abs(q.astype(int) - tflm_runner.quantize(expected[:frames], *INPUT_Q)).max() <= 1
 
 
-@pytest.mark.parametrize("mask_floor", [0.0, 0.05])
-def test_hop_frontend_synthesis_is_the_istft_of_the_masked_spectrum(noisy_clip, mask_floor):
-  config = features.FeatureConfig(mask_floor=mask_floor)
+@pytest.mark.parametrize("mask_floor, low_cut_hz", [(0.0, 0.0), (0.05, 0.0), (0.05, 40.0)])
+def test_hop_frontend_synthesis_is_the_istft_of_the_masked_spectrum(noisy_clip, mask_floor,
+                                                                    low_cut_hz):
+  config = features.FeatureConfig(mask_floor=mask_floor, low_cut_hz=low_cut_hz)
   wave = noisy_clip[0][:16000]
   spectra = features.stft(wave[None], config)
   rng = np.random.default_rng(0)
@@ -52,7 +53,12 @@ def test_hop_frontend_synthesis_is_the_istft_of_the_masked_spectrum(noisy_clip, 
   mask = rng.uniform(0, 0.2, (spectra.shape[1], config.num_bands)).astype(np.float32)
   expected = features.istft(features.apply_mel_mask(spectra, mask[None], config), config,
                             len(wave)).numpy()[0]
-  if mask_floor:
+  if low_cut_hz:
+    uncut = features.istft(
+        features.apply_mel_mask(spectra, mask[None], features.FeatureConfig(mask_floor=mask_floor)),
+        config, len(wave)).numpy()[0]
+    assert np.abs(expected - uncut).max() > 1e-4
+  elif mask_floor:
     unfloored = features.istft(features.apply_mel_mask(spectra, mask[None], CONFIG), CONFIG,
                                len(wave)).numpy()[0]
     assert np.abs(expected - unfloored).max() > 1e-3
@@ -92,6 +98,14 @@ def test_ops_per_hop_follow_the_sizes():
                                                            num_bands=64))
   assert small["stages"]["rfft"]["multiplies"] == 4 * 64 * int(math.log2(128)) + 8 * 63
   assert small["sizes"]["bins"] == 129 and small["stages"]["overlap_add"]["adds"] == 128
+  # A 40 Hz low cut zeroes bins 0 and 1: no gain to expand or multiply there.
+  cut = frontend_cost.ops_per_hop(features.FeatureConfig(low_cut_hz=40.0))
+  assert cut["sizes"]["low_cut_bins"] == 2 and ops["sizes"]["low_cut_bins"] == 0
+  assert cut["stages"]["mask_multiply"]["multiplies"] == 2 * (257 - 2)
+  assert cut["stages"]["mask_expansion"]["multiplies"] == np.count_nonzero(g[:, 2:])
+  assert cut["stages"]["mask_expansion"]["adds"] == np.count_nonzero(g[:, 2:]) - 255
+  assert {k: v for k, v in cut["stages"].items() if not k.startswith("mask_")} == \
+      {k: v for k, v in stages.items() if not k.startswith("mask_")}
 
 
 def test_host_ms_per_hop_is_a_median_of_one_hop_runs():

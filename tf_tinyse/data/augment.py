@@ -27,6 +27,12 @@ mixed at their LUFS SNR (`mixing.mix_at_snr`, whose clip protection still applie
   * clicks (`--augment_clicks`): broadband clicks added to the noise: bursts of 1–10 ms cut
     from training noise, first-differenced (broadband) and decaying, at random times (2–20
     per second), so that a click is removed without the speech band it covers.
+  * rumble (`--augment_rumble`): low-frequency noise added to the noise: a crop of training
+    noise through a 4th-order Butterworth low-pass at 10–100 Hz (log-uniform), half the time
+    with a DC offset, the way wind, handling, traffic and a cheap microphone's bias sit under
+    field recordings. LUFS mixing weights such energy little (K-weighting), so at the drawn
+    SNR it can carry more energy than the rest of the mixture, as it does in some ESC-50
+    recordings; the model learns to remove it rather than to pass what it never heard.
   * SNR and level distributions: `--snr_distribution=normal` draws the SNR from a normal
     distribution truncated to [`--snr_db_min`, `--snr_db_max`]; `--level_distribution=lufs`
     sets the speech of the mixture to a loudness drawn from [`--level_lufs_min`,
@@ -90,7 +96,8 @@ flags.DEFINE_float("reverb_early_ms", 50.0,
 flags.DEFINE_float("augment_noise_mix", 0.0,
                    f"{_PROBABILITY} of adding a second noise segment to the example's noise.")
 flags.DEFINE_float("noise_mix_db", 10.0,
-                   "Level of a second noise, babble, a tonal component or clicks relative to "
+                   "Level of a second noise, babble, a tonal component, clicks or rumble "
+                   "relative to "
                    "the example's noise (RMS): "
                    "U(-x, x) dB.")
 flags.DEFINE_float("augment_babble", 0.0,
@@ -103,6 +110,10 @@ flags.DEFINE_float("augment_tonal_noise", 0.0,
 flags.DEFINE_float("augment_clicks", 0.0,
                    f"{_PROBABILITY} of adding broadband clicks (1-10 ms decaying bursts of "
                    "differenced training noise, 2-20 per second) to the example's noise, at "
+                   "--noise_mix_db relative to it.")
+flags.DEFINE_float("augment_rumble", 0.0,
+                   f"{_PROBABILITY} of adding low-frequency rumble (training noise low-passed "
+                   "at 10-100 Hz, half the time with a DC offset) to the example's noise, at "
                    "--noise_mix_db relative to it.")
 flags.DEFINE_integer("babble_talkers_min", 3, "Babble: fewest talkers.")
 flags.DEFINE_integer("babble_talkers_max", 6, "Babble: most talkers.")
@@ -120,7 +131,7 @@ flags.DEFINE_float("level_lufs_max", -15.0,
 
 _PROBABILITY_FLAGS = ("augment_spectral_shaping", "augment_speed", "augment_reverb",
                       "augment_noise_mix", "augment_babble", "augment_tonal_noise",
-                      "augment_clicks")
+                      "augment_clicks", "augment_rumble")
 for _name in _PROBABILITY_FLAGS:
   flags.register_validator(_name, lambda v: 0 <= v <= 1, f"--{_name} must be in [0, 1]")
 flags.register_validator("spectral_shaping_db", lambda v: 0 <= v <= 24,
@@ -169,6 +180,7 @@ class AugmentConfig:
   babble_talkers_max: int = 6
   tonal_noise: float = 0.0
   clicks: float = 0.0
+  rumble: float = 0.0
   snr_distribution: str = "uniform"
   snr_db_std: float = 5.0
   level_distribution: str = "relative"
@@ -192,7 +204,7 @@ class AugmentConfig:
   def changes_examples(self) -> bool:
     """Whether any augmentation changes the speech, noise or level of an example."""
     return (max(self.spectral_shaping, self.speed, self.reverb, self.noise_mix, self.babble,
-                self.tonal_noise, self.clicks) > 0
+                self.tonal_noise, self.clicks, self.rumble) > 0
             or self.level_distribution != "relative")
 
   @classmethod
@@ -208,7 +220,8 @@ class AugmentConfig:
                noise_mix_db=f.noise_mix_db, babble=f.augment_babble,
                babble_talkers_min=f.babble_talkers_min,
                babble_talkers_max=f.babble_talkers_max, tonal_noise=f.augment_tonal_noise,
-               clicks=f.augment_clicks, snr_distribution=f.snr_distribution,
+               clicks=f.augment_clicks, rumble=f.augment_rumble,
+               snr_distribution=f.snr_distribution,
                snr_db_std=f.snr_db_std, level_distribution=f.level_distribution,
                level_lufs_min=f.level_lufs_min, level_lufs_max=f.level_lufs_max)
 
@@ -572,12 +585,37 @@ def clicks(rng, noises, length, sample_rate=audio.SAMPLE_RATE) -> np.ndarray:
   return total.astype(np.float32)
 
 
+_RUMBLE_CUTOFF = (10.0, 100.0)  # Hz, log-uniform: drift and wind up to traffic and HVAC
+_RUMBLE_WARMUP = 0.5  # s of extra noise filtered first: a 10 Hz low-pass settles in ~0.1 s
+_RUMBLE_DC_PROBABILITY = 0.5  # share of rumbles that also carry a DC offset
+
+
+def rumble(rng, noises, length, sample_rate=audio.SAMPLE_RATE) -> np.ndarray:
+  """Low-frequency rumble of `length` samples made from the `noises` recordings.
+
+  A crop of a random recording through a 4th-order Butterworth low-pass at a log-uniform
+  cutoff in `_RUMBLE_CUTOFF`, scaled to unit RMS, and with probability
+  `_RUMBLE_DC_PROBABILITY` a DC offset of ±U(0.5, 2) times that RMS on top.
+  """
+  cutoff = float(np.exp(rng.uniform(*np.log(_RUMBLE_CUTOFF))))
+  source = noises[int(rng.integers(len(noises)))]
+  warmup = int(_RUMBLE_WARMUP * sample_rate)
+  segment = crop(source, int(rng.integers(source.size)), warmup + length, loop=True)
+  sos = scipy.signal.butter(4, cutoff, btype="lowpass", fs=sample_rate, output="sos")
+  low = scipy.signal.sosfilt(sos, segment.astype(np.float64))[warmup:]
+  rms = np.sqrt(np.mean(np.square(low)))
+  low = low / rms if rms > 0 else low
+  if rng.random() < _RUMBLE_DC_PROBABILITY:
+    low = low + rng.choice((-1.0, 1.0)) * rng.uniform(0.5, 2.0)
+  return low.astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # One training example
 
 _STREAM_ID = 4  # the streams' generators: 1 speech segments, 2 noise segments, 3 batches
 _SPEED, _SPEECH_SHAPING, _REVERB, _NOISE_MIX, _BABBLE, _NOISE_SHAPING, _LEVEL, _BANK = range(1, 9)
-_TONAL, _CLICKS = 9, 10
+_TONAL, _CLICKS, _RUMBLE = 9, 10, 11
 
 
 class ExampleAugmenter:
@@ -651,7 +689,7 @@ class ExampleAugmenter:
 
   def noise(self, g, noise, f) -> np.ndarray:
     """The example's noise segment plus a second noise, babble (not of speech file `f`'s
-    speaker), a tonal component and clicks, then spectrally shaped, each if drawn."""
+    speaker), a tonal component, clicks and rumble, then spectrally shaped, each if drawn."""
     c, n = self._config, self._n
     rng = self._drawn(g, _NOISE_MIX, c.noise_mix)
     if rng is not None:
@@ -665,7 +703,8 @@ class ExampleAugmenter:
       if talk is not None:
         noise = add_at_level(noise, talk, rng.uniform(-c.noise_mix_db, c.noise_mix_db))
     for kind, probability, make in ((_TONAL, c.tonal_noise, tonal_noise),
-                                    (_CLICKS, c.clicks, clicks)):
+                                    (_CLICKS, c.clicks, clicks),
+                                    (_RUMBLE, c.rumble, rumble)):
       rng = self._drawn(g, kind, probability)
       if rng is not None:
         added = make(rng, self._set.noise, n, self._rate)
