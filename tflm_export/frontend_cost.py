@@ -30,7 +30,8 @@ HOW_COUNTED = (
     "expansion Gᵀ over G's non-zero entries only (1 multiply each, adds to sum them); the "
     "compression 1 add + 1 pow per band; QEQ, quantize and dequantize 1 multiply + 1 add per "
     "band (quantize also rounds and clips); the mask multiply 2 multiplies per bin (real gain "
-    "× complex bin), bins below the low cut zeroed instead (no expansion, no multiply); analysis and synthesis windows 1 multiply per sample (the inverse FFT's "
+    "× complex bin), bins below the low cut zeroed instead (no expansion, no multiply); "
+    "analysis and synthesis windows 1 multiply per sample (the inverse FFT's "
     "1/N folded into the synthesis window); overlap-add N - H adds. Loads, stores, loop and "
     "index arithmetic and the frame-buffer shift are not counted")
 HOW_MEASURED = ("tflm_export.frontend_cost.HopFrontend in numpy on this host, one hop at a "

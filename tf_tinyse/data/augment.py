@@ -97,9 +97,7 @@ flags.DEFINE_float("augment_noise_mix", 0.0,
                    f"{_PROBABILITY} of adding a second noise segment to the example's noise.")
 flags.DEFINE_float("noise_mix_db", 10.0,
                    "Level of a second noise, babble, a tonal component, clicks or rumble "
-                   "relative to "
-                   "the example's noise (RMS): "
-                   "U(-x, x) dB.")
+                   "relative to the example's noise (RMS): U(-x, x) dB.")
 flags.DEFINE_float("augment_babble", 0.0,
                    f"{_PROBABILITY} of adding babble (other training speakers than the "
                    "target's, see --speaker_id_pattern) to the example's noise.")
