@@ -288,18 +288,24 @@ def test_clicks_are_sparse_broadband_bursts_even_from_a_rumble(seed):
   assert above(click_power) > 0.5  # differenced: broadband cracks, not thumps
 
 
-def test_stream_adds_the_tone_to_the_noise_only(tone_corpus):
+def _noise_with_and_without(audio_set, **augment_settings):
+  """(noise, plain noise) per example of one batch streamed with a noise augmentation at
+  the noise's own level and without it; asserts the speech is the same in both."""
   config = data.DataConfig(batch_size=8, gain_db_max=0.0, augment=data.AugmentConfig(
-      tonal_noise=1.0, noise_mix_db=0.0))
+      noise_mix_db=0.0, **augment_settings))
   plain = data.DataConfig(batch_size=8, gain_db_max=0.0)
-  (noisy, clean), = _batches(tone_corpus, config, 0, 1)
-  (plain_noisy, plain_clean), = _batches(tone_corpus, plain, 0, 1)
+  (noisy, clean), = _batches(audio_set, config, 0, 1)
+  (plain_noisy, plain_clean), = _batches(audio_set, plain, 0, 1)
   np.testing.assert_allclose(clean / np.abs(clean).max(axis=1, keepdims=True),
                              plain_clean / np.abs(plain_clean).max(axis=1, keepdims=True),
                              atol=1e-5)  # the speech is untouched
-  for n, c, pn, pc in zip(noisy, clean, plain_noisy, plain_clean):
+  return zip(noisy - clean, plain_noisy - plain_clean)
+
+
+def test_stream_adds_the_tone_to_the_noise_only(tone_corpus):
+  for noise, plain_noise in _noise_with_and_without(tone_corpus, tonal_noise=1.0):
     # Hiss is flat; with a tone at the hiss's own level, a few bins hold half the power.
-    assert _top_bins_share(pn - pc) < 0.15 and _top_bins_share(n - c) > 0.4
+    assert _top_bins_share(plain_noise) < 0.15 and _top_bins_share(noise) > 0.4
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -336,23 +342,15 @@ def test_rumble_cutoffs_and_offsets_spread_over_their_ranges():
 
 
 def test_stream_adds_the_rumble_to_the_noise_only(tone_corpus):
-  config = data.DataConfig(batch_size=8, gain_db_max=0.0, augment=data.AugmentConfig(
-      rumble=1.0, noise_mix_db=0.0))
-  plain = data.DataConfig(batch_size=8, gain_db_max=0.0)
-  (noisy, clean), = _batches(tone_corpus, config, 0, 1)
-  (plain_noisy, plain_clean), = _batches(tone_corpus, plain, 0, 1)
-  np.testing.assert_allclose(clean / np.abs(clean).max(axis=1, keepdims=True),
-                             plain_clean / np.abs(plain_clean).max(axis=1, keepdims=True),
-                             atol=1e-5)  # the speech is untouched
   def low(x):
     """The share of `x`'s power below 100 Hz."""
     power = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
     return power[np.fft.rfftfreq(x.size, 1 / RATE) < 100].sum() / power.sum()
 
-  for n, c, pn, pc in zip(noisy, clean, plain_noisy, plain_clean):
+  for noise, plain_noise in _noise_with_and_without(tone_corpus, rumble=1.0):
     # Hiss holds about 1 % of its power below 100 Hz; with the rumble at the hiss's RMS, and
     # more after LUFS mixing, which weighs it little, about half of the noise's power is there.
-    assert low(pn - pc) < 0.05 and low(n - c) > 0.4
+    assert low(plain_noise) < 0.05 and low(noise) > 0.4
 
 
 # --- SNR and level distributions -------------------------------------------------------------
