@@ -44,8 +44,9 @@ print(json.dumps(out))
 
 
 # What this project's training recipe changed from the paper's (issue "Generalize"): the loss,
-# the schedule's end, the SNR distribution, the deployment mask floor and augmentations.
-RECIPE_FLAGS = ["complex_loss_weight", "si_sdr_loss_weight", "stoi_loss_weight",
+# the schedule's end, weight decay, the SNR distribution, the deployment mask floor and low cut,
+# and augmentations.
+RECIPE_FLAGS = ["complex_loss_weight", "si_sdr_loss_weight", "stoi_loss_weight", "weight_decay",
                 "final_learning_rate_fraction", "learning_rate", "snr_distribution",
                 "mask_floor", "augment_tonal_noise", "augment_clicks", "augment_spectral_shaping",
                 "augment_speed", "augment_reverb", "augment_noise_mix", "augment_babble",
