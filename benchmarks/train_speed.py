@@ -5,8 +5,9 @@ by default, prints training steps/s, CPU milliseconds per step and seconds of au
 second over --timed_steps steps after --warmup_steps, and how many batches/s the input pipeline
 alone produces. When the pipeline is not clearly faster than training, training is starved for
 data. The loss flags (--si_sdr_loss_weight, --stoi_loss_weight) and --quantize (the QAT form)
-apply; --max_unrolled_frames=0 times the LSTMs with their loop instead of unrolled
-(keras_layers.unrolling).
+apply, and so do training's CPU thread flags (--intra_op_threads, --inter_op_threads; 0 for
+TensorFlow's defaults); --max_unrolled_frames=0 times the LSTMs with their loop instead of
+unrolled (keras_layers.unrolling).
 
   python benchmarks/train_speed.py --data_dir=tf_tinyse/demo_data
   python benchmarks/train_speed.py --models=paper --batch_size=16 --max_unrolled_frames=0
@@ -34,9 +35,6 @@ from tf_tinyse import train
 
 flags.DEFINE_integer("warmup_steps", 5, "Steps run before timing (tracing, pipeline fill).")
 flags.DEFINE_integer("timed_steps", 30, "Steps timed.")
-flags.DEFINE_integer("intra_op_threads", 0, "Threads one op (a matmul) may use; 0: TensorFlow's "
-                     "default (all cores).")
-flags.DEFINE_integer("inter_op_threads", 0, "Ops run at the same time; 0: TensorFlow's default.")
 flags.DEFINE_integer("private_threadpool_size", 0, "If > 0, the input pipeline runs on its own "
                      "thread pool of this size instead of TensorFlow's inter-op pool.")
 flags.DEFINE_list("models", ["demo", "paper"], "Model sizes timed (keys: the first word of a "
@@ -93,9 +91,8 @@ def train_rate(config, audio_set, data_config, warmup, timed):
 
 def main(argv):
   del argv
-  # Before TensorFlow's runtime starts (the first op).
-  tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
-  tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
+  # Training's thread flags (tf_tinyse.train), before TensorFlow's runtime starts.
+  train.set_cpu_threads(FLAGS.intra_op_threads, FLAGS.inter_op_threads)
   unrolling.MAX_UNROLLED_FRAMES = FLAGS.max_unrolled_frames
   data_config = data.DataConfig.from_flags()
   corpus = data.discover_corpus(FLAGS.data_dir or demo_data.path(),

@@ -22,6 +22,7 @@ stays. Training segments of more than 2 s keep the loop.
 """
 import contextlib
 
+import tensorflow as tf
 import tf_keras as keras
 
 # 128 frames of the 16 ms hop: segments up to about 2 s. Tracing the train step takes a few
@@ -62,11 +63,37 @@ class UnrollingLSTM(keras.layers.LSTM):
     if (not unrolls(self, inputs, training, mask, initial_state) or self.dropout or
         self.recurrent_dropout):
       return super().call(inputs, mask=mask, training=training, initial_state=initial_state)
+    if not (self.go_backwards or self.time_major or self.return_state):
+      return self._unrolled_sequence(inputs)
     # tf_keras's LSTM.call takes its fused-kernel path, which never unrolls; the generic
     # RNN.call steps the same LSTMCell and honours `unroll`.
     with unrolled(self):
       return keras.layers.RNN.call(self, inputs, mask=mask, training=training,
                                    initial_state=initial_state)
+
+  def _unrolled_sequence(self, inputs):
+    """The recurrence unrolled, with the input product of every frame in one matmul.
+
+    tf_keras's cell multiplies each frame's input by the kernel inside the step, and its
+    gradient then builds one [features, 4u] kernel gradient per frame and sums them; one matmul
+    over all frames does the same work in one product whose gradient is one matmul too. The
+    step keeps the recurrent product and tf_keras's LSTMCell arithmetic (implementation 2).
+    """
+    cell = self.cell
+    projected = keras.backend.dot(inputs, cell.kernel)  # [batch, frames, 4u]
+    if cell.use_bias:
+      projected = tf.nn.bias_add(projected, cell.bias)
+    batch = tf.shape(inputs)[0]
+    h = c = tf.zeros(tf.stack([batch, cell.units]), dtype=projected.dtype)
+    outputs = []
+    for z_input in tf.unstack(projected, axis=1):
+      z = z_input + tf.matmul(h, cell.recurrent_kernel)
+      z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
+      c = (cell.recurrent_activation(z_f) * c +
+           cell.recurrent_activation(z_i) * cell.activation(z_c))
+      h = cell.recurrent_activation(z_o) * cell.activation(c)
+      outputs.append(h)
+    return tf.stack(outputs, axis=1) if self.return_sequences else h
 
   def get_prunable_weights(self):
     """tfmot's `PrunableLayer` interface: the matrices tfmot prunes in a tf_keras LSTM (its

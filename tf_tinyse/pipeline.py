@@ -274,6 +274,7 @@ def main(argv):
   if not data_dir:
     data_dir = demo_data.path()
     logging.info("no --data_dir: using the built-in demo corpus %s", data_dir)
+  train.set_cpu_threads(FLAGS.intra_op_threads, FLAGS.inter_op_threads)
   model_config = model_lib.ModelConfig.from_flags()
   if model_config.sparsity_structure is not None:
     if model_config.pruning == sparsity.OFFLINE:

@@ -70,9 +70,12 @@ def _outputs_and_gradients(layer, inputs):
   return outputs.numpy(), [g.numpy() for g in gradients]
 
 
-def test_unrolling_lstm_equals_the_tf_keras_lstm_outputs_and_gradients():
-  reference, candidate = _built_pair(lambda: keras.layers.LSTM(UNITS, return_sequences=True),
-                                     lambda: UnrollingLSTM(UNITS, return_sequences=True))
+@pytest.mark.parametrize("options", [
+    {"return_sequences": True}, {"return_sequences": False},
+    {"return_sequences": True, "go_backwards": True}])
+def test_unrolling_lstm_equals_the_tf_keras_lstm_outputs_and_gradients(options):
+  reference, candidate = _built_pair(lambda: keras.layers.LSTM(UNITS, **options),
+                                     lambda: UnrollingLSTM(UNITS, **options))
   inputs = _inputs()
   assert not _loops(_graph_op_types(candidate, inputs, training=True))
   assert _loops(_graph_op_types(reference, inputs, training=True))
@@ -84,6 +87,21 @@ def test_unrolling_lstm_equals_the_tf_keras_lstm_outputs_and_gradients():
   # Not training: tf_keras's own call, and the same numbers.
   np.testing.assert_allclose(candidate(inputs).numpy(), reference(inputs).numpy(), atol=1e-6)
   assert not candidate.unroll  # the flag is back
+
+
+def test_unrolling_lstm_multiplies_the_inputs_of_all_frames_at_once():
+  # One input product for the sequence and one recurrent product per frame (tf_keras's cell
+  # multiplies the input inside each step: two products per frame).
+  layer = UnrollingLSTM(UNITS, return_sequences=True)
+  layer.build((None, None, FEATURES))
+
+  @tf.function
+  def forward(x):
+    return layer(x, training=True)
+
+  graph = forward.get_concrete_function(tf.TensorSpec((3, FRAMES, FEATURES))).graph
+  products = [node for node in graph.as_graph_def().node if node.op == "MatMul"]
+  assert len(products) == FRAMES + 1
 
 
 @pytest.mark.parametrize("layer_class", [QuantizedLSTM, SparseLSTM])

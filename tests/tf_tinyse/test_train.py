@@ -736,3 +736,32 @@ def test_a_run_checkpointed_with_adam_resumes_with_weight_decay(tiny_run, tmp_pa
   assert len(factors) == 6
   # One step at a learning rate of at most 1e-3 (train()'s default) with decay 0.5.
   assert 0 < min(factors) and np.ptp(factors) < 1e-6 and max(factors) <= 0.5 * 1e-3
+
+
+def test_cpu_thread_flags_size_tensorflows_pools_before_it_starts():
+  code = textwrap.dedent("""
+      import tensorflow as tf
+      from tf_tinyse import train
+      train.set_cpu_threads(1, 2)
+      tf.constant(1.0) + 1.0  # the runtime starts with these pools
+      threading = tf.config.threading
+      print(threading.get_intra_op_parallelism_threads(),
+            threading.get_inter_op_parallelism_threads())
+      """)
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+  assert result.stdout.split() == ["1", "2"]
+
+
+def test_cpu_threads_after_tensorflow_started_are_kept_and_logged(caplog):
+  tf.constant(1.0) + 1.0  # the runtime has started
+  threading = tf.config.threading
+  before = (threading.get_intra_op_parallelism_threads(),
+            threading.get_inter_op_parallelism_threads())
+  train.set_cpu_threads(before[0] + 3, before[1] + 3)
+  assert (threading.get_intra_op_parallelism_threads(),
+          threading.get_inter_op_parallelism_threads()) == before
+  assert "keeps its CPU threads" in caplog.text
+  caplog.clear()
+  train.set_cpu_threads(*before)  # what it has already: nothing to do, nothing to log
+  assert not caplog.text
