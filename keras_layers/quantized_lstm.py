@@ -103,6 +103,9 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
     # quantized once per sequence rather than once per time step. object.__setattr__
     # keeps Keras from tracking these tensors as layer state.
     object.__setattr__(self, "_weights_for_call", None)
+    # True while QuantizedLSTM feeds the steps input products it computed for every frame at
+    # once (unrolled training): the step's `inputs` are then z_input itself.
+    object.__setattr__(self, "_inputs_are_products", False)
 
   def transform_weights(self, kernel, recurrent_kernel):
     """Hook applied before quantization (identity; pruning masks go here)."""
@@ -125,13 +128,21 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
       recurrent_kernel = self.recurrent_quantizer(recurrent_kernel)
     return kernel, recurrent_kernel
 
+  @staticmethod
+  def input_product(inputs, kernel, bias):
+    """The gates' input pre-activations of one frame [batch, in] or of a sequence
+    [batch, frames, in]: inputs @ kernel, with the gate bias (TFLM adds it in this product)."""
+    z_input = keras.backend.dot(inputs, kernel)
+    return tf.nn.bias_add(z_input, bias) if bias is not None else z_input
+
   def call(self, inputs, states, training=None):
     h_prev, c_prev = states[0], states[1]
     kernel, recurrent_kernel, bias = (self._weights_for_call or
                                       (*self.quantized_weights(), self.forward_bias()))
-    z_input = tf.matmul(inputs, kernel)
-    if bias is not None:  # TFLM adds the gate bias in the input product.
-      z_input = tf.nn.bias_add(z_input, bias)
+    if self._inputs_are_products:
+      z_input = inputs
+    else:
+      z_input = self.input_product(inputs, kernel, bias)
     z_recurrent = tf.matmul(h_prev, recurrent_kernel)
     if self.saturate_gates:
       z = _saturate(_saturate(z_input) + _saturate(z_recurrent))
@@ -233,16 +244,21 @@ class QuantizedLSTM(keras.layers.RNN):
     if self.input_quantizer is not None:
       inputs = self.input_quantizer(inputs)
     # Quantize the weights once for the whole sequence; the cell's step reads them.
-    object.__setattr__(self.cell, "_weights_for_call",
-                       (*self.cell.quantized_weights(), self.cell.forward_bias()))
+    kernel, recurrent_kernel, bias = (*self.cell.quantized_weights(), self.cell.forward_bias())
+    object.__setattr__(self.cell, "_weights_for_call", (kernel, recurrent_kernel, bias))
     # A training batch of a fixed, short length runs the recurrence without a loop (faster on
-    # a CPU; the same arithmetic): keras_layers.unrolling.
+    # a CPU; the same arithmetic): keras_layers.unrolling. Unrolled, the input products of all
+    # frames are one matmul, before the steps (as UnrollingLSTM's).
     unroll = unrolling.unrolls(self, inputs, training, mask, initial_state)
+    if unroll and not (self.go_backwards or self.time_major):
+      inputs = self.cell.input_product(inputs, kernel, bias)
+      object.__setattr__(self.cell, "_inputs_are_products", True)
     try:
       with unrolling.unrolled(self, enabled=unroll):
         return super().call(inputs, mask=mask, training=training, initial_state=initial_state)
     finally:
       object.__setattr__(self.cell, "_weights_for_call", None)
+      object.__setattr__(self.cell, "_inputs_are_products", False)
 
   def get_config(self):
     config = super().get_config()

@@ -15,6 +15,14 @@ Measured on 2 CPU cores, paper model (LSTM 256x2), batch 16 of 0.8 s, the recipe
   online block pruning with QAT 226 → 171, tfmot weight pruning 164 → 132; float at 1.6 s
   (101 frames) 318 → 265.
 
+Unrolled, both forms (`UnrollingLSTM` here, `QuantizedLSTM` and its sparse subclass) also
+multiply the inputs of all frames by the kernel in one product before the steps, where a cell
+multiplies each frame's input inside its step: each per-frame product's gradient is a whole
+[features, 4u] kernel gradient, summed over the frames afterwards, while one product over the
+sequence has one. The steps keep the recurrent product and the cell's arithmetic; measured with
+`benchmarks/train_speed.py` (README, Benchmarks, "Unrolled recurrence"). The numbers above are
+from before, with TensorFlow's default threads (`--intra_op_threads=0` now).
+
 Only training calls unroll, and only when the frame count is static and at most
 `MAX_UNROLLED_FRAMES`: the graph (and the time to trace it) grows with the frame count, and
 validation, enhancement, streaming and export see sequences of any length, for which the loop

@@ -89,10 +89,11 @@ def test_unrolling_lstm_equals_the_tf_keras_lstm_outputs_and_gradients(options):
   assert not candidate.unroll  # the flag is back
 
 
-def test_unrolling_lstm_multiplies_the_inputs_of_all_frames_at_once():
+@pytest.mark.parametrize("layer_class", [UnrollingLSTM, QuantizedLSTM, SparseLSTM])
+def test_unrolled_lstms_multiply_the_inputs_of_all_frames_at_once(layer_class):
   # One input product for the sequence and one recurrent product per frame (tf_keras's cell
   # multiplies the input inside each step: two products per frame).
-  layer = UnrollingLSTM(UNITS, return_sequences=True)
+  layer = layer_class(UNITS, return_sequences=True)
   layer.build((None, None, FEATURES))
 
   @tf.function
