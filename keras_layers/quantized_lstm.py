@@ -128,13 +128,6 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
       recurrent_kernel = self.recurrent_quantizer(recurrent_kernel)
     return kernel, recurrent_kernel
 
-  @staticmethod
-  def input_product(inputs, kernel, bias):
-    """The gates' input pre-activations of one frame [batch, in] or of a sequence
-    [batch, frames, in]: inputs @ kernel, with the gate bias (TFLM adds it in this product)."""
-    z_input = keras.backend.dot(inputs, kernel)
-    return tf.nn.bias_add(z_input, bias) if bias is not None else z_input
-
   def call(self, inputs, states, training=None):
     h_prev, c_prev = states[0], states[1]
     kernel, recurrent_kernel, bias = (self._weights_for_call or
@@ -142,7 +135,7 @@ class QuantizedLSTMCell(keras.layers.LSTMCell):
     if self._inputs_are_products:
       z_input = inputs
     else:
-      z_input = self.input_product(inputs, kernel, bias)
+      z_input = unrolling.input_product(inputs, kernel, bias)
     z_recurrent = tf.matmul(h_prev, recurrent_kernel)
     if self.saturate_gates:
       z = _saturate(_saturate(z_input) + _saturate(z_recurrent))
@@ -251,7 +244,7 @@ class QuantizedLSTM(keras.layers.RNN):
     # frames are one matmul, before the steps (as UnrollingLSTM's).
     unroll = unrolling.unrolls(self, inputs, training, mask, initial_state)
     if unroll and not (self.go_backwards or self.time_major):
-      inputs = self.cell.input_product(inputs, kernel, bias)
+      inputs = unrolling.input_product(inputs, kernel, bias)
       object.__setattr__(self.cell, "_inputs_are_products", True)
     try:
       with unrolling.unrolled(self, enabled=unroll):

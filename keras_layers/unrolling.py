@@ -38,6 +38,13 @@ import tf_keras as keras
 MAX_UNROLLED_FRAMES = 128
 
 
+def input_product(inputs, kernel, bias=None):
+  """An LSTM's gate pre-activations from its input, of one frame [batch, in] or of a sequence
+  [batch, frames, in]: inputs @ kernel, plus the gate bias (TFLM adds it in this product)."""
+  z_input = keras.backend.dot(inputs, kernel)
+  return tf.nn.bias_add(z_input, bias) if bias is not None else z_input
+
+
 def unrolls(layer, inputs, training, mask=None, initial_state=None):
   """Whether `layer` (a tf_keras RNN) runs this call unrolled: a training call on a static
   number of frames of at most MAX_UNROLLED_FRAMES, stateless, without a mask or initial state."""
@@ -88,9 +95,7 @@ class UnrollingLSTM(keras.layers.LSTM):
     step keeps the recurrent product and tf_keras's LSTMCell arithmetic (implementation 2).
     """
     cell = self.cell
-    projected = keras.backend.dot(inputs, cell.kernel)  # [batch, frames, 4u]
-    if cell.use_bias:
-      projected = tf.nn.bias_add(projected, cell.bias)
+    projected = input_product(inputs, cell.kernel, cell.bias if cell.use_bias else None)
     batch = tf.shape(inputs)[0]
     h = c = tf.zeros(tf.stack([batch, cell.units]), dtype=projected.dtype)
     outputs = []

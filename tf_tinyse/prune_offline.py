@@ -466,11 +466,7 @@ _WORKER = {}
 
 
 def _init_worker(spec, threads):
-  try:
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
-  except RuntimeError:
-    pass  # TensorFlow already started in this process
+  train.set_cpu_threads(threads, threads)
   _WORKER["evaluator"] = Evaluator(*spec)
 
 
