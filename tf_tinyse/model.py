@@ -10,7 +10,8 @@ features Z [batch, frames, bands] → QEQ → LSTM ×N → Dense(tanh) ×K → D
   streaming=True)`); this is the form exported to TFLite Micro.
 
 Both forms create the same layers with the same names in the same order, so
-`streaming.set_weights(training.get_weights())` moves a trained model over.
+`streaming.set_weights(training.get_weights())` moves a trained model over; the training form's
+dropout layers (`--dropout`) hold no weights and are the only layers the streaming form lacks.
 Layers are made by `_make_lstm` / `_make_dense`, the one place that decides
 which layer class implements a unit; quantized and sparse variants plug in there.
 
@@ -35,6 +36,7 @@ from keras_layers.sparse_dense import SparseDense
 from keras_layers.sparse_lstm import FIXED
 from keras_layers.sparse_lstm import LEARNED
 from keras_layers.sparse_lstm import SparseLSTM
+from keras_layers.step_dropout import StepDropout
 from keras_layers.unrolling import UnrollingLSTM
 from tf_tinyse import features
 from tf_tinyse import sparsity
@@ -57,6 +59,11 @@ flags.DEFINE_float("low_cut_hz", 0.0, "STFT bins centred below this frequency ge
                    "speech hardly holds (saved and applied like --mask_floor, and like it not "
                    "in the training loss). 0: off, the paper's path.", lower_bound=0.0,
                    upper_bound=7999.0)
+flags.DEFINE_float("dropout", 0.0, "Dropout rate on the output of each LSTM layer while "
+                   "training (the float training form only: validation, the streaming and "
+                   "exported forms compute without it, and tf_tinyse.pipeline's QAT fine-tune "
+                   "turns it off). 0: none, the paper's model.", lower_bound=0.0,
+                   upper_bound=0.9)
 flags.DEFINE_bool("quantize", False, "Quantization-aware training: 8-bit fake quantization of "
                   "the QEQ output, the weights and the activations on the grid of the int8 "
                   "export (fixed [-1, 1] range for the LSTM inputs/outputs).")
@@ -92,6 +99,8 @@ class ModelConfig:
   sparsity_structure: str = None
   block_size: int = 8
   pruning: str = sparsity.ONLINE
+  # Dropout on each LSTM layer's output in training (`keras_layers.step_dropout`); no weights.
+  dropout: float = 0.0
 
   def __post_init__(self):
     if self.quantize and not self.use_qeq:
@@ -112,7 +121,7 @@ class ModelConfig:
                                                low_cut_hz=flag_values.low_cut_hz),
                sparsity_structure=flag_values.sparsity_structure,
                block_size=sparsity.block_size_from_shape(flag_values.block_shape),
-               pruning=flag_values.pruning)
+               pruning=flag_values.pruning, dropout=flag_values.dropout)
 
   @property
   def has_masks(self):
@@ -123,7 +132,7 @@ class ModelConfig:
     return {"lstm_units": list(self.lstm_units), "dense_units": list(self.dense_units),
             "use_qeq": self.use_qeq, "quantize": self.quantize,
             "feature": self.feature.to_dict(), "sparsity_structure": self.sparsity_structure,
-            "block_size": self.block_size, "pruning": self.pruning}
+            "block_size": self.block_size, "pruning": self.pruning, "dropout": self.dropout}
 
   @classmethod
   def from_dict(cls, d):
@@ -132,7 +141,8 @@ class ModelConfig:
                feature=features.FeatureConfig.from_dict(d["feature"]),
                sparsity_structure=d.get("sparsity_structure"),
                block_size=int(d.get("block_size", 8)),
-               pruning=d.get("pruning", sparsity.ONLINE))
+               pruning=d.get("pruning", sparsity.ONLINE),
+               dropout=float(d.get("dropout", 0.0)))
 
   def dense(self):
     """The same network without sparsity (what the export model and TFMOT start from)."""
@@ -198,8 +208,10 @@ def build_mask_model(config, streaming=False):
     # A pruned unit disappears: the next layer's kernel rows that read it go with it.
     for upstream, layer in zip(layers, layers[1:]):
       layer.read_inputs_from(upstream)
-  for layer in layers:
+  for i, layer in enumerate(layers):
     x = layer(x)
+    if i < len(config.lstm_units) and config.dropout > 0 and not streaming:
+      x = StepDropout(config.dropout, name=f"dropout_{i}")(x)
   return keras.Model(inputs, x, name="tinylstm_streaming" if streaming else "tinylstm")
 
 

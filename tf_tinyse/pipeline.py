@@ -134,7 +134,9 @@ def stage_quantization_aware_training(ctx, report):
   if FLAGS.qat_steps <= 0:
     report["qat"] = None
     return
-  config = dataclasses.replace(ctx.model_config, quantize=True)
+  # The fine-tune matches the float model to the int8 grid it is exported on, where nothing
+  # drops out: dropout there would put scaled, off-grid activations into the layers it fits.
+  config = dataclasses.replace(ctx.model_config, quantize=True, dropout=0.0)
   report["qat"] = _train(ctx, config, ctx.qat_model_dir, FLAGS.qat_steps,
                          FLAGS.qat_learning_rate, init_from=ctx.model_dir,
                          sparsity_schedule=train.check_sparsity_flags(config, ctx.model_dir,

@@ -39,6 +39,7 @@ import tensorflow as tf
 import tf_keras as keras
 import tqdm
 
+from keras_layers.step_dropout import StepDropout
 from tf_tinyse import cli
 from tf_tinyse import data
 from tf_tinyse import demo_data
@@ -201,7 +202,7 @@ class Trainer:
 
   def __init__(self, config, strategy, learning_rate=1e-3, clip_norm=3.0, global_batch_size=32,
                decay_steps=None, final_learning_rate_fraction=1.0, sparsity_schedule=None,
-               loss=losses.LossConfig(), weight_average_decay=0.0, weight_decay=0.0):
+               loss=losses.LossConfig(), weight_average_decay=0.0, weight_decay=0.0, seed=0):
     self.config = config
     # The mask floor is for deployment only: trained under it the network learns to lower
     # its mask by as much (measured, demo.cfg at 4,000 steps, validation: trained with a
@@ -251,6 +252,12 @@ class Trainer:
       if weight_average_decay > 0 and config.sparsity_structure is None:
         self.weight_average = weight_average_lib.WeightAverage(
             self.model.trainable_variables, weight_average_decay)
+    # Dropout masks are a function of (seed, step), as the data stream is: a resumed run
+    # draws the masks the uninterrupted run drew.
+    step_seed = lambda: tf.stack([tf.constant(seed, tf.int64), self.step])
+    for layer in self.train_model.layers:
+      if isinstance(layer, StepDropout):
+        layer.use_seed(step_seed)
 
   def averaged_weights(self):
     """A context in which the model holds the averaged weights (the raw ones without an
@@ -538,7 +545,8 @@ def _train(config, data_config, corpus, read_dir, out_dir, steps, seed, learning
   trainer = Trainer(config, strategy, learning_rate, clip_norm, data_config.batch_size,
                     decay_steps=steps, final_learning_rate_fraction=final_learning_rate_fraction,
                     sparsity_schedule=sparsity_schedule, loss=loss,
-                    weight_average_decay=weight_average_decay, weight_decay=weight_decay)
+                    weight_average_decay=weight_average_decay, weight_decay=weight_decay,
+                    seed=seed)
   averaging = trainer.weight_average is not None
   if weight_average_decay > 0 and not averaging:
     logging.info("--weight_average_decay is not applied to a pruned model: it keeps its raw "
