@@ -1,4 +1,5 @@
-"""Keras layers of tf_tinyse: QEQ, quantizers, quantized and sparse LSTM/Dense, the unrolling LSTM."""
+"""Keras layers of tf_tinyse: QEQ, quantizers, quantized and sparse LSTM/Dense, the unrolling LSTM,
+step-seeded dropout."""
 import os
 
 # tfmot and the fused-LSTM TFLite conversion need legacy (tf_keras) Keras; this
@@ -13,4 +14,5 @@ from keras_layers.qeq import QEQ  # pylint: disable=g-import-not-at-top
 from keras_layers import quantizers  # pylint: disable=g-import-not-at-top
 from keras_layers.quantized_dense import QuantizedDense  # pylint: disable=g-import-not-at-top
 from keras_layers.quantized_lstm import QuantizedLSTM, QuantizedLSTMCell  # pylint: disable=g-import-not-at-top
+from keras_layers.step_dropout import StepDropout  # pylint: disable=g-import-not-at-top
 from keras_layers.unrolling import UnrollingLSTM  # pylint: disable=g-import-not-at-top

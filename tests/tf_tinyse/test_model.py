@@ -165,3 +165,27 @@ def test_quantized_training_without_qeq_is_refused_before_it_clips_the_features(
     dataclasses.replace(SMALL, quantize=True, use_qeq=False)
   with pytest.raises(UserError, match="--quantize needs --qeq"):
     model_lib.ModelConfig.from_dict({**SMALL.to_dict(), "quantize": True, "use_qeq": False})
+
+
+def test_dropout_layers_are_in_the_training_form_only_and_hold_no_weights(tmp_path):
+  config = dataclasses.replace(SMALL, dropout=0.3)
+  training = model_lib.build_mask_model(config)
+  streaming = model_lib.build_mask_model(config, streaming=True)
+  assert [l.name for l in training.layers[1:]] == [
+      "qeq", "lstm_0", "dropout_0", "lstm_1", "dropout_1", "dense_0", "mask"]
+  assert [l.name for l in streaming.layers[1:]] == ["qeq", "lstm_0", "lstm_1", "dense_0", "mask"]
+  assert model_lib.count_parameters(training) == model_lib.count_parameters(
+      model_lib.build_mask_model(SMALL))
+  streaming.set_weights(training.get_weights())
+  z = np.random.default_rng(3).uniform(0, 3, (1, 12, 128)).astype(np.float32)
+  # Outside training the dropout layers pass through: the forms agree, as without dropout.
+  frames = [streaming(z[:, t:t + 1]).numpy()[0, 0] for t in range(z.shape[1])]
+  np.testing.assert_allclose(np.stack(frames), training(z).numpy()[0], atol=1e-5)
+  assert not np.allclose(training(z, training=True).numpy(), training(z).numpy())
+  # The rate is saved with the model; a config.json written before the flag reads as 0.
+  model_lib.save_config(str(tmp_path), config)
+  assert model_lib.load_config(str(tmp_path)) == config
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["dropout"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  assert model_lib.load_config(str(tmp_path)) == SMALL

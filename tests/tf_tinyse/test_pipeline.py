@@ -7,11 +7,12 @@ import sys
 import textwrap
 
 from tf_tinyse import demo_data
+from tf_tinyse import model as model_lib
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
 TINY_FLAGS = ["--lstm_units=8,8", "--dense_units=8", "--batch_size=4", "--segment_seconds=0.4",
               "--max_validation_files=2", "--validate_every=2", "--checkpoint_every=2",
-              "--log_every=2", "--qat_steps=2"]
+              "--log_every=2", "--qat_steps=2", "--dropout=0.2"]
 
 # The stages of `pipeline.main` that train (float, then QAT from it), run `runs` times in one
 # process with the parsed flags; prints each run's report entries.
@@ -52,6 +53,9 @@ def test_raising_steps_restarts_the_quantization_aware_training_from_the_new_flo
   (first,), _ = _run_stages(output_dir, steps=2)
   assert first["qat"]["init_from"] == first["float_now"]
   assert first["qat"]["init_from"]["best_step"] == 2 and first["qat"]["restarted"] is None
+  # The float model trained with dropout; the QAT fine-tune on the export grid, without.
+  assert model_lib.load_config(output_dir / "model").dropout == 0.2
+  assert model_lib.load_config(output_dir / "model_int8").dropout == 0.0
 
   again, stderr = _run_stages(output_dir, steps=6, runs=2)
   raised, same = again

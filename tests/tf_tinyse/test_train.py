@@ -262,6 +262,28 @@ def test_training_resumes_from_the_checkpoint_before_a_corrupt_newest(tiny_run, 
   assert _max_difference(_model_variables(model_dir), _model_variables(reference)) == 0.0
 
 
+def test_dropout_acts_in_training_and_a_resumed_run_draws_the_same_masks(tmp_path):
+  config = dataclasses.replace(TINY, dropout=0.3)
+
+  def run(model_dir, steps, config=config):
+    # A constant learning rate: a run of 5 steps resumed to 8 then follows the same schedule
+    # as a run of 8 (the cosine decay is sized by the total).
+    return train.train(config, TINY_DATA, data.discover_corpus(demo_data.path()),
+                       str(model_dir), steps, checkpoint_every=5, validate_every=1000,
+                       max_validation_files=2, log_every=5, progress=False,
+                       final_learning_rate_fraction=1.0)
+
+  straight, resumed, without = tmp_path / "straight", tmp_path / "resumed", tmp_path / "without"
+  run(straight, 8)
+  assert run(resumed, 5)["step"] == 5
+  assert run(resumed, 8)["resumed_from"] == 5
+  # The masks are a function of (seed, step): the resumed run ends where the straight one does.
+  assert _max_difference(_model_variables(resumed), _model_variables(straight)) <= 1e-6
+  # Precondition: dropout changed the training (the same seed without it ends elsewhere).
+  run(without, 8, config=TINY)
+  assert _max_difference(_model_variables(straight), _model_variables(without)) > 1e-4
+
+
 def test_training_with_no_readable_checkpoint_is_a_one_line_user_error(tiny_run, tmp_path):
   model_dir = tmp_path / "model"
   shutil.copytree(tiny_run[0], model_dir)
