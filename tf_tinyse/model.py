@@ -59,11 +59,10 @@ flags.DEFINE_float("low_cut_hz", 0.0, "STFT bins centred below this frequency ge
                    "speech hardly holds (saved and applied like --mask_floor, and like it not "
                    "in the training loss). 0: off, the paper's path.", lower_bound=0.0,
                    upper_bound=7999.0)
-flags.DEFINE_float("dropout", 0.0, "Dropout rate on the output of each LSTM layer while "
-                   "training (the float training form only: validation, the streaming and "
-                   "exported forms compute without it, and tf_tinyse.pipeline's QAT fine-tune "
-                   "turns it off). 0: none, the paper's model.", lower_bound=0.0,
-                   upper_bound=0.9)
+flags.DEFINE_float("dropout", 0.0, "Dropout rate on the output of each LSTM layer in "
+                   "training steps only: validation, the streaming and exported forms compute "
+                   "without it, and tf_tinyse.pipeline's QAT fine-tune turns it off. 0: none, "
+                   "the paper's model.", lower_bound=0.0, upper_bound=0.9)
 flags.DEFINE_bool("quantize", False, "Quantization-aware training: 8-bit fake quantization of "
                   "the QEQ output, the weights and the activations on the grid of the int8 "
                   "export (fixed [-1, 1] range for the LSTM inputs/outputs).")
