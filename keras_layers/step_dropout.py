@@ -40,21 +40,21 @@ class StepDropout(keras.layers.Layer):
     call, so a variable in it, e.g. the training step, moves the masks on)."""
     self._seed = seed
 
-  def _keep(self, shape):
-    if self._seed is None:
-      return tf.random.uniform(shape) >= self.rate
+  def _step_seed(self):
+    """This call's stateless seed: the attached seed folded with the layer and the replica."""
     seed = tf.random.experimental.stateless_fold_in(tf.cast(self._seed(), tf.int64),
                                                    self._salt)
     replica = tf.distribute.get_replica_context()
     if replica is not None and replica.num_replicas_in_sync > 1:
       seed = tf.random.experimental.stateless_fold_in(seed, replica.replica_id_in_sync_group)
-    return tf.random.stateless_uniform(shape, seed=seed) >= self.rate
+    return seed
 
   def call(self, inputs, training=None):
     if training is not True or self.rate == 0.0:
       return tf.identity(inputs)
-    keep = self._keep(tf.shape(inputs))
-    return tf.where(keep, inputs / (1.0 - self.rate), tf.zeros_like(inputs))
+    if self._seed is None:
+      return tf.nn.dropout(inputs, self.rate)
+    return tf.nn.experimental.stateless_dropout(inputs, self.rate, seed=self._step_seed())
 
   def compute_output_shape(self, input_shape):
     return input_shape
